@@ -1,0 +1,193 @@
+"""The run directory: the one contract between training and everything after it.
+
+A run directory (``--save_dir``) holds::
+
+    config.json      resolved arguments, versions, git commit, device, per-layer table (describe)
+    metrics.jsonl    one JSON object per finished epoch (see METRIC_KEYS)
+    layers.jsonl     one JSON object per (epoch, sparse layer) (see LAYER_KEYS)
+    masks/epoch_XXX.npz  hard masks (packed bits) and soft masks (float16) of every sparse layer
+    checkpoint.pth   last epoch (model, optimizer, scaler, epoch, best, RNG states), for --resume
+    best.pth         best-top-1 model weights
+    result.json      written last, when the run finished (see RESULT_KEYS)
+    log.txt          human-readable log in the seed's style
+
+Every file is written atomically (temporary file in the same directory + ``os.replace``), so a run
+killed at any moment leaves either the old or the new version of a file, never half of one.
+Everything after training reads run directories only through this module.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+LAYERS = "layers.jsonl"
+MASKS = "masks"
+CHECKPOINT = "checkpoint.pth"
+BEST = "best.pth"
+RESULT = "result.json"
+LOG = "log.txt"
+
+METRIC_KEYS = (
+    "epoch", "lr", "train_loss", "train_top1", "train_top5",
+    "val_loss", "val_top1", "val_top5", "seconds", "images_per_s", "nm_share",
+)
+LAYER_KEYS = ("epoch", "layer", "nm_share", "flipped", "hist_counts")
+RESULT_KEYS = (
+    "best_top1", "best_top5", "best_epoch", "last_top1", "last_top5", "epochs", "wall_seconds",
+)
+#: Bin edges of the soft-mask value histogram in layers.jsonl: 0 (pruned) gets its own bin
+#: [0, 0.5), kept values 1..3 are split in 20 bins of width 0.1.
+HIST_EDGES = tuple([0.0, 0.5] + [round(1.0 + 0.1 * i, 1) for i in range(21)])
+
+
+class RunRecordError(ValueError):
+    """A run directory is missing, incomplete or belongs to another configuration."""
+
+
+# ----------------------------------------------------------------------------- atomic writing
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Append rows atomically: the whole file is rewritten with the new lines (files stay small)."""
+    path = Path(path)
+    old = path.read_bytes() if path.exists() else b""
+    new = "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in rows)
+    atomic_write_bytes(path, old + new.encode("utf-8"))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def truncate_jsonl(path: str | os.PathLike, max_epoch: int) -> None:
+    """Drop rows with ``epoch > max_epoch`` (used by --resume to forget a lost partial epoch)."""
+    path = Path(path)
+    if path.exists():
+        rows = [r for r in read_jsonl(path) if r["epoch"] <= max_epoch]
+        atomic_write_text(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` atomically."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+# ----------------------------------------------------------------------------- mask snapshots
+def save_mask_snapshot(run_dir: str | os.PathLike, epoch: int, masks: dict[str, Any]) -> Path:
+    """Store hard (packed bits) and soft (float16) masks of every sparse layer for one epoch.
+
+    ``masks`` maps layer name → soft mask tensor S (hard mask is ``S != 0``).
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for name, soft in masks.items():
+        s = soft.detach().float().cpu().numpy()
+        arrays[f"{name}/shape"] = np.asarray(s.shape, dtype=np.int64)
+        arrays[f"{name}/hard"] = np.packbits((s != 0).reshape(-1))
+        arrays[f"{name}/soft"] = s.astype(np.float16)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    path = Path(run_dir) / MASKS / f"epoch_{epoch:03d}.npz"
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def mask_snapshot_epochs(run_dir: str | os.PathLike) -> list[int]:
+    folder = Path(run_dir) / MASKS
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.stem.split("_")[1]) for p in folder.glob("epoch_*.npz"))
+
+
+def load_mask_snapshot(run_dir: str | os.PathLike, epoch: int) -> dict[str, dict[str, np.ndarray]]:
+    """Return ``{layer: {"hard": bool array, "soft": float32 array}}`` for one snapshot epoch."""
+    path = Path(run_dir) / MASKS / f"epoch_{epoch:03d}.npz"
+    if not path.exists():
+        raise RunRecordError(f"no mask snapshot for epoch {epoch} in {run_dir} "
+                             f"(have: {mask_snapshot_epochs(run_dir)})")
+    out: dict[str, dict[str, np.ndarray]] = {}
+    with np.load(path) as data:
+        names = sorted({key.rsplit("/", 1)[0] for key in data.files})
+        for name in names:
+            shape = tuple(int(v) for v in data[f"{name}/shape"])
+            size = int(np.prod(shape))
+            hard = np.unpackbits(data[f"{name}/hard"])[:size].reshape(shape).astype(bool)
+            out[name] = {"hard": hard, "soft": data[f"{name}/soft"].astype(np.float32)}
+    return out
+
+
+# ----------------------------------------------------------------------------- reading a run
+def is_finished(run_dir: str | os.PathLike) -> bool:
+    return (Path(run_dir) / RESULT).exists()
+
+
+def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Everything of one run directory except checkpoints and mask snapshots."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).exists():
+        raise RunRecordError(f"{run_dir} is not a run directory (no {CONFIG})")
+    result = run_dir / RESULT
+    return {
+        "dir": run_dir,
+        "config": read_json(run_dir / CONFIG),
+        "metrics": read_jsonl(run_dir / METRICS),
+        "layers": read_jsonl(run_dir / LAYERS),
+        "result": read_json(result) if result.exists() else None,
+        "mask_epochs": mask_snapshot_epochs(run_dir),
+    }
