@@ -1,0 +1,69 @@
+"""Registry of sparse-training methods, named as the seed's ``--conv-bn-type``.
+
+Each :class:`MethodSpec` says what the mask is, how it is computed and how gradients flow; the
+module wrapper in :mod:`maxq.sparse` reads only these fields (no if-chains on names).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    #: "none" (dense), "nm" (hard N:M every step), "maxq" (soft multi-axis mask every step),
+    #: "fixed" (N:M by magnitude once, at sparsify time, then frozen: ASP)
+    mask: str
+    #: "soft": straight-through, the gradient reaches every latent weight unchanged;
+    #: "hard": gradient multiplied by the mask
+    gradient: str = "soft"
+    #: axis queries of MaxQ: "soft" (sigmoid), "hard" (0/1 indicators, the authors' V1), "none"
+    axis: str = "none"
+    #: grow the share of N:M blocks over the --increase-start..--increase-end window
+    incremental: bool = False
+    #: which blocks stay dense while the share grows: "smallest" | "largest" | "random" L1 norm
+    selection: str = "smallest"
+    #: progressive-N arm: every block prunes floor((M-N)(1-rho)) weights instead
+    progressive: bool = False
+    description: str = ""
+
+    @property
+    def sparse(self) -> bool:
+        return self.mask != "none"
+
+
+_SPECS = [
+    MethodSpec("DenseConv2dBN", "none", description="dense baseline, no mask"),
+    MethodSpec("SoftSRSTEConv2dBN", "nm", "soft",
+               description="SR-STE: hard N:M mask every step, straight-through gradient"),
+    MethodSpec("HardSRSTEConv2dBN", "nm", "hard",
+               description="SR-STE with the gradient masked"),
+    MethodSpec("SoftMaxQConv2DBN", "maxq", "soft", "soft", True,
+               description="full MaxQ: soft multi-axis mask, incremental N:M share, soft STE"),
+    MethodSpec("HardMaxQConv2DBN", "maxq", "hard", "soft", True,
+               description="full MaxQ with the gradient multiplied by the mask"),
+    MethodSpec("MaxQHardAxis", "maxq", "soft", "hard", True,
+               description="ablation: 0/1 axis indicators instead of sigmoids (authors' V1)"),
+    MethodSpec("MaxQNoIncremental", "maxq", "soft", "soft", False,
+               description="ablation: soft-axis MaxQ, plain N:M from the first step"),
+    MethodSpec("MaxQInverseSelection", "maxq", "soft", "soft", True, "largest",
+               description="ablation: largest-L1 blocks stay dense"),
+    MethodSpec("MaxQRandomSelection", "maxq", "soft", "soft", True, "random",
+               description="ablation: random blocks stay dense (redrawn each update)"),
+    MethodSpec("MaxQProgressiveN", "maxq", "soft", "soft", True, progressive=True,
+               description="ablation: every block prunes floor((M-N)(1-rho)) weights"),
+    MethodSpec("ASPFixedMask", "fixed", "hard",
+               description="ASP-style: magnitude N:M of the given (dense) weights, mask frozen"),
+]
+
+METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def get(name: str) -> MethodSpec:
+    """The spec of a method name; ``ValueError`` listing the allowed names otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(
+            f"method (--conv-bn-type) must be one of {', '.join(METHODS)}; got {name!r}"
+        ) from None

@@ -1,0 +1,395 @@
+"""Sparse layers on stock models: sparsify, fold, check_nm, describe, SR-STE decay, mask statistics.
+
+The model stays stock (as with ``torch.ao`` parametrizations, the mask lives beside the weight):
+a sparse conv/linear keeps ``weight`` and ``bias`` where torchvision keeps them, so state_dict keys
+stay torchvision keys, and gains one buffer ``weight_mask`` (the soft mask S, which round-trips
+through ``state_dict``). Its class becomes a thin subclass of the stock one
+(:class:`SparseConv2d` / :class:`SparseLinear`) whose forward uses W ⊙ S:
+
+* in training mode the mask is recomputed from the current weight on every forward;
+* in eval mode the stored buffer is used (as the authors' code does).
+
+Gradients (method.md §6): "soft" STE passes the gradient to every latent weight unchanged; "hard"
+multiplies it by S. The SR-STE decay is :func:`srste_decay_`, called by the loop after backward.
+
+Which layers are sparse (method.md §7): every conv with ``groups == 1`` whose input channels are
+divisible by M, except the stem (the first conv, which sees the image). Depthwise/grouped convs and
+linear layers (the classifier) stay dense. :func:`describe` says for every layer which and why.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from maxq import masks as mask_math
+from maxq.methods import MethodSpec, get as get_method
+
+
+# ----------------------------------------------------------------------------- gradients
+class _SoftSTE(torch.autograd.Function):
+    """Forward W ⊙ S; backward passes the gradient to W unchanged (straight-through)."""
+
+    @staticmethod
+    def forward(ctx, weight, mask):
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class _HardSTE(torch.autograd.Function):
+    """Forward W ⊙ S; backward multiplies the gradient by S."""
+
+    @staticmethod
+    def forward(ctx, weight, mask):
+        ctx.save_for_backward(mask)
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None
+
+
+_GRADIENTS = {"soft": _SoftSTE, "hard": _HardSTE}
+
+
+# ----------------------------------------------------------------------------- layer state
+@dataclass
+class SparseState:
+    """Per-layer settings of a sparse layer (plain attribute; not part of state_dict)."""
+
+    method: MethodSpec
+    N: int
+    M: int
+    tau: float
+    dense_fraction: float = 0.0
+    generator: torch.Generator | None = None
+    cache: dict = field(default_factory=dict)
+
+    def compute_mask(self, weight: torch.Tensor) -> torch.Tensor:
+        spec = self.method
+        if spec.mask == "nm":
+            return mask_math.nm_mask(weight, self.N, self.M)
+        return mask_math.maxq_mask(
+            weight, self.N, self.M,
+            dense_fraction=self.dense_fraction if spec.incremental else 0.0,
+            tau=self.tau, axis=spec.axis, selection=spec.selection,
+            progressive=spec.progressive, generator=self.generator, cache=self.cache,
+        )
+
+
+class _SparseMixin:
+    """Shared forward logic of :class:`SparseConv2d` and :class:`SparseLinear`."""
+
+    maxq: SparseState
+    weight_mask: torch.Tensor
+
+    def masked_weight(self) -> torch.Tensor:
+        state = self.maxq
+        if self.training and state.method.mask != "fixed":
+            with torch.no_grad():
+                self.weight_mask = state.compute_mask(self.weight.detach())
+        return _GRADIENTS[state.method.gradient].apply(self.weight, self.weight_mask)
+
+    def refresh_mask(self) -> None:
+        """Recompute the stored mask from the current weight (what a training forward does)."""
+        with torch.no_grad():
+            self.weight_mask = self.maxq.compute_mask(self.weight.detach())
+
+
+class SparseConv2d(_SparseMixin, nn.Conv2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.masked_weight(), self.bias)
+
+
+class SparseLinear(_SparseMixin, nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.masked_weight(), self.bias)
+
+
+_SPARSE_CLASS = {nn.Conv2d: SparseConv2d, nn.Linear: SparseLinear}
+_STOCK_CLASS = {SparseConv2d: nn.Conv2d, SparseLinear: nn.Linear}
+
+
+# ----------------------------------------------------------------------------- layer policy
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel / DataParallel wrapper."""
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model.module
+    return model
+
+
+def _weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def layer_policy(model: nn.Module, M: int) -> dict[str, tuple[bool, str]]:
+    """``{layer name: (sparse, reason)}`` for every conv and linear layer (method.md §7)."""
+    policy: dict[str, tuple[bool, str]] = {}
+    first_conv = next((n for n, m in _weighted_layers(model) if isinstance(m, nn.Conv2d)), None)
+    for name, module in _weighted_layers(model):
+        if isinstance(module, nn.Linear):
+            policy[name] = (False, "linear (classifier) stays dense")
+        elif name == first_conv:
+            policy[name] = (False, "stem (first conv, sees the image) stays dense")
+        elif module.groups != 1:
+            policy[name] = (False, f"depthwise/grouped conv (groups={module.groups}) stays dense")
+        elif module.in_channels % M != 0:
+            policy[name] = (False, f"skipped: in_channels={module.in_channels} not divisible by M={M}")
+        else:
+            policy[name] = (True, f"sparse: blocks of {M} consecutive input channels")
+    return policy
+
+
+def _check_nm_args(N: Any, M: Any) -> tuple[int, int]:
+    if not isinstance(M, int) or isinstance(M, bool) or M < 1:
+        raise ValueError(f"M must be a positive integer; got {M!r}")
+    if not isinstance(N, int) or isinstance(N, bool) or not 1 <= N <= M:
+        raise ValueError(f"N must be an integer with 1 <= N <= M={M}; got {N!r}")
+    return N, M
+
+
+# ----------------------------------------------------------------------------- sparsify
+def sparsify(model: nn.Module, method: str, N: int = 2, M: int = 4, *, tau: float = 0.01,
+             seed: int = 0, init_masks: bool = True) -> nn.Module:
+    """Make ``model`` sparse-trainable in place with ``method`` (a seed ``--conv-bn-type`` name).
+
+    Sparse layers get the buffer ``weight_mask``, computed now from the current weights (so eval
+    works before any training step; for ``ASPFixedMask`` this is the frozen magnitude mask).
+    ``seed`` seeds the per-layer generators of the random-selection arm. ``init_masks=False``
+    leaves the masks at ones, for a model whose state_dict (masks included) is loaded next.
+    """
+    spec = get_method(method)
+    N, M = _check_nm_args(N, M)
+    if not tau > 0:
+        raise ValueError(f"tau must be > 0; got {tau!r}")
+    if sparse_layers(model):
+        raise ValueError("model is already sparsified; build a fresh model or fold() it first")
+    policy = layer_policy(model, M)
+    model.maxq_method = {"method": spec.name, "N": N, "M": M, "tau": tau}
+    if not spec.sparse:
+        return model
+    candidates = [n for n, (sparse, _) in policy.items() if sparse]
+    if not candidates:
+        raise ValueError(f"M={M} divides the input channels of no sparsifiable layer of this model")
+    skipped = [n for n, (_, reason) in policy.items() if reason.startswith("skipped")]
+    if skipped:
+        warnings.warn(f"dense because M={M} does not divide their input channels: "
+                      f"{', '.join(skipped)}", stacklevel=2)
+    modules = dict(model.named_modules())
+    for index, name in enumerate(candidates):
+        module = modules[name]
+        generator = None
+        if spec.selection == "random":
+            generator = torch.Generator().manual_seed(seed * 100003 + index)
+        module.__class__ = _SPARSE_CLASS[type(module)]
+        module.maxq = SparseState(spec, N, M, float(tau), generator=generator)
+        module.register_buffer("weight_mask", torch.ones_like(module.weight, requires_grad=False))
+        if init_masks:
+            module.refresh_mask()
+    return model
+
+
+def sparse_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Sparse layers of a sparsified model, by name (unwraps DDP's ``module.`` prefix)."""
+    model = _unwrap(model)
+    return {n: m for n, m in model.named_modules() if isinstance(m, _SparseMixin)}
+
+
+def set_dense_fraction(model: nn.Module, rho: float) -> None:
+    """Set the incremental schedule's ρ (fraction of blocks kept dense) on every sparse layer."""
+    rho = float(rho)
+    if not 0.0 <= rho <= 1.0:
+        raise ValueError(f"dense_fraction must be in [0, 1]; got {rho}")
+    for module in sparse_layers(model).values():
+        module.maxq.dense_fraction = rho
+
+
+def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The stored soft mask S of every sparse layer."""
+    return {name: m.weight_mask for name, m in sparse_layers(model).items()}
+
+
+@torch.no_grad()
+def srste_decay_(model: nn.Module, lam: float) -> None:
+    """SR-STE decay (method.md §6): ``g_W += lam * (1 - clip(S, 0, 1)) * W`` — pruned weights only.
+
+    Call after backward (after AMP unscale) and before the optimizer step.
+    """
+    if lam == 0:
+        return
+    for module in sparse_layers(model).values():
+        if module.weight.grad is not None:
+            pruned = 1.0 - module.weight_mask.clamp(0, 1)
+            module.weight.grad.add_(pruned * module.weight, alpha=lam)
+
+
+# ----------------------------------------------------------------------------- statistics
+def _blocks(t: torch.Tensor, M: int) -> torch.Tensor:
+    """(G, M) view of a conv (Co, Ci, kh, kw) or linear (out, in) tensor: M consecutive inputs."""
+    if t.dim() == 4:
+        t = t.permute(0, 2, 3, 1)
+    return t.reshape(-1, M)
+
+
+@torch.no_grad()
+def mask_stats(model: nn.Module, previous_hard: dict[str, torch.Tensor] | None = None,
+               hist_edges: tuple[float, ...] | None = None):
+    """Per sparse layer: share of N:M blocks, fraction of hard-mask entries flipped, histogram of S.
+
+    Returns ``(stats, hard)``: ``stats[name] = {"nm_share", "flipped", "hist_counts"}`` and the
+    current hard masks (bool) to pass as ``previous_hard`` next time. A block counts as N:M when
+    it keeps at most N weights; ``flipped`` is None when there is no previous mask.
+    """
+    from maxq.records import HIST_EDGES
+
+    edges = torch.tensor(hist_edges or HIST_EDGES, dtype=torch.float32)
+    stats, hard_masks = {}, {}
+    for name, module in sparse_layers(model).items():
+        soft = module.weight_mask.float()
+        hard = soft != 0
+        kept = _blocks(hard, module.maxq.M).sum(dim=1)
+        flipped = None
+        if previous_hard is not None and name in previous_hard:
+            flipped = (hard != previous_hard[name].to(hard.device)).float().mean().item()
+        counts = torch.histogram(soft.cpu().reshape(-1), bins=edges).hist
+        stats[name] = {
+            "nm_share": (kept <= module.maxq.N).float().mean().item(),
+            "flipped": flipped,
+            "hist_counts": [int(c) for c in counts.tolist()],
+        }
+        hard_masks[name] = hard.cpu()
+    return stats, hard_masks
+
+
+def nm_share(model: nn.Module) -> float | None:
+    """Share of N:M blocks over all sparse layers, weighted by block count (None if none)."""
+    total = nm = 0
+    for module in sparse_layers(model).values():
+        kept = _blocks(module.weight_mask != 0, module.maxq.M).sum(dim=1)
+        total += kept.numel()
+        nm += int((kept <= module.maxq.N).sum())
+    return nm / total if total else None
+
+
+# ----------------------------------------------------------------------------- describe
+def describe(model: nn.Module, N: int | None = None, M: int | None = None) -> list[dict]:
+    """One row per conv/linear layer: name, kind, shape, sparse, reason, N, M, params, valid_2to4.
+
+    For a sparsified model N and M come from the model; for a stock model pass them to see what
+    :func:`sparsify` would do.
+    """
+    info = getattr(model, "maxq_method", None) or getattr(model, "maxq_folded", None) or {}
+    N = N if N is not None else info.get("N")
+    M = M if M is not None else info.get("M")
+    if N is None or M is None:
+        raise ValueError("describe() needs N and M for a model that is not sparsified")
+    policy = layer_policy(model, M)
+    method = info.get("method")
+    dense_method = method is not None and not get_method(method).sparse
+    rows = []
+    for name, module in _weighted_layers(model):
+        sparse, reason = policy[name]
+        if dense_method:
+            sparse, reason = False, f"method {method} is dense"
+        weight = module.weight
+        kind = "linear" if weight.dim() == 2 else f"conv{weight.shape[2]}x{weight.shape[3]}"
+        if isinstance(module, nn.Conv2d) and module.groups > 1:
+            kind = f"{kind} depthwise" if module.groups == module.in_channels else f"{kind} grouped"
+        params = weight.numel()
+        rows.append({
+            "layer": name, "kind": kind, "shape": list(weight.shape), "sparse": sparse,
+            "reason": reason, "N": N if sparse else None, "M": M if sparse else None,
+            "params": params, "params_kept": params * N // M if sparse else params,
+            "valid_2to4": bool(sparse and N <= 2 and M % 4 == 0),
+        })
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Fixed-width text table of :func:`describe` rows (printed by the CLI, logged by runs)."""
+    cols = ("layer", "kind", "shape", "sparse", "N:M", "params", "reason")
+    lines = []
+    for r in rows:
+        nm = f"{r['N']}:{r['M']}" if r["sparse"] else "-"
+        lines.append((r["layer"], r["kind"], "x".join(map(str, r["shape"])),
+                      "yes" if r["sparse"] else "no", nm, f"{r['params']:,}", r["reason"]))
+    widths = [max(len(str(x)) for x in col) for col in zip(cols, *lines)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*cols), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*line) for line in lines]
+    n_sparse = sum(r["sparse"] for r in rows)
+    out.append(f"{n_sparse} sparse / {len(rows) - n_sparse} dense layers")
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------- fold / check
+@torch.no_grad()
+def fold(model: nn.Module) -> nn.Module:
+    """A deep copy with W ← W ⊙ S folded in: plain stock modules, no mask buffers, same outputs.
+
+    The zero set of the folded weight equals the hard mask's, so the N:M pattern is unchanged.
+    The copy remembers N, M and the sparse layer names in ``maxq_folded`` (a plain attribute,
+    not in state_dict) so :func:`check_nm` works on it without arguments.
+    """
+    model = copy.deepcopy(_unwrap(model))
+    info = dict(getattr(model, "maxq_method", {}) or {})
+    layers = sparse_layers(model)
+    for module in layers.values():
+        module.weight.mul_(module.weight_mask.to(module.weight.dtype))
+        del module._buffers["weight_mask"]
+        del module.maxq
+        module.__class__ = _STOCK_CLASS[type(module)]
+    if hasattr(model, "maxq_method"):
+        del model.maxq_method
+    model.maxq_folded = {"N": info.get("N"), "M": info.get("M"), "method": info.get("method"),
+                         "layers": sorted(layers)}
+    return model
+
+
+@torch.no_grad()
+def check_nm(model: nn.Module, N: int | None = None, M: int | None = None) -> list[dict]:
+    """Verify every sparse layer keeps at most N non-zeros per block of M consecutive inputs.
+
+    Works on a sparsified model (checks W ⊙ S with the stored masks), on a folded model, or on a
+    plain model given N and M (then the layers of the §7 policy are checked). Returns one row per
+    checked layer (``layer, N, M, max_nonzeros, ok, valid_2to4``); raises ``ValueError`` naming
+    the offending layers if any breaks the pattern. ``valid_2to4`` is measured on the weights:
+    at most 2 non-zeros in every group of 4 consecutive input channels.
+    """
+    base = _unwrap(model)
+    info = getattr(base, "maxq_method", None) or getattr(base, "maxq_folded", None) or {}
+    N = N if N is not None else info.get("N")
+    M = M if M is not None else info.get("M")
+    if N is None or M is None:
+        raise ValueError("check_nm() needs N and M for a model that is not sparsified or folded")
+    N, M = _check_nm_args(N, M)
+    layers = sparse_layers(base)
+    modules = dict(base.named_modules())
+    if layers:
+        weights = {n: m.weight * m.weight_mask for n, m in layers.items()}
+    else:
+        names = info.get("layers") or [n for n, (s, _) in layer_policy(base, M).items() if s]
+        weights = {n: modules[n].weight for n in names}
+    if not weights:
+        raise ValueError("no sparse layer to check")
+    rows, broken = [], []
+    for name, weight in weights.items():
+        nonzero = weight != 0
+        max_nz = int(_blocks(nonzero, M).sum(dim=1).max())
+        valid_2to4 = nonzero.shape[1] % 4 == 0 and int(_blocks(nonzero, 4).sum(dim=1).max()) <= 2
+        rows.append({"layer": name, "N": N, "M": M, "max_nonzeros": max_nz,
+                     "ok": max_nz <= N, "valid_2to4": bool(valid_2to4)})
+        if max_nz > N:
+            broken.append(f"{name} ({max_nz} non-zeros in a block of {M})")
+    if broken:
+        raise ValueError(f"not {N}:{M} sparse: {', '.join(broken[:5])}"
+                         + (f" and {len(broken) - 5} more" if len(broken) > 5 else ""))
+    return rows
