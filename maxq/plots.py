@@ -1,0 +1,476 @@
+"""One function per figure: DataFrames (from :mod:`maxq.results`) in, matplotlib Figure out.
+
+Nothing here reads or knows run directories; :func:`save_figure` writes PNG and SVG atomically.
+Every function accepts empty input and then draws a figure saying so, so a report renders even
+before any run has finished.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import matplotlib
+
+if not os.environ.get("MPLBACKEND") and "ipykernel" not in sys.modules:
+    matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from maxq import records  # noqa: E402
+
+#: the figures of a study report: file stem → what it shows
+REPORT_FIGURES = {
+    "accuracy_vs_paper": "best-epoch top-1/top-5 per row, ours (mean ± std) vs the paper",
+    "training_curves": "validation top-1 per epoch, incremental window shaded",
+    "nm_share_per_layer": "share of N:M blocks per layer vs epoch",
+    "flipped_per_layer": "fraction of mask entries flipped since the previous epoch, per layer",
+    "soft_histograms": "soft-mask value histograms over epochs",
+    "mask_heatmaps": "soft masks of selected layers at snapshot epochs",
+    "schedule_curves": "share of N:M blocks 1 − ρ(t) of every incremental schedule",
+    "ablation_bars": "best top-1 per arm, mean ± std over seeds",
+}
+FORMATS = ("png", "svg")
+_METHOD_COLORS = {"SoftMaxQConv2DBN": "C0", "SoftSRSTEConv2dBN": "C1"}
+
+
+def save_figure(fig: Figure, path_stem: str | os.PathLike, *, dpi: int = 120,
+                close: bool = False) -> list[Path]:
+    """Write ``<stem>.png`` and ``<stem>.svg`` atomically; returns the paths."""
+    stem = Path(path_stem)
+    paths = []
+    for fmt in FORMATS:
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
+        path = stem.with_name(stem.name + f".{fmt}")
+        records.atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+    if close:
+        plt.close(fig)
+    return paths
+
+
+def _empty(title: str, message: str = "no data yet") -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 2.5))
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, fontsize=12)
+    ax.set_axis_off()
+    ax.set_title(title)
+    return fig
+
+
+def _color(method: str, methods: Sequence[str]) -> str:
+    if method in _METHOD_COLORS:
+        return _METHOD_COLORS[method]
+    return f"C{(2 + list(methods).index(method)) % 10}" if method in methods else "C9"
+
+
+def _grid(n: int, ncols: int = 4, size: tuple[float, float] = (4.0, 3.0),
+          sharey: bool = False) -> tuple[Figure, np.ndarray]:
+    ncols = max(1, min(ncols, n))
+    nrows = max(1, math.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows),
+                             squeeze=False, sharey=sharey)
+    for ax in axes.flat[n:]:
+        ax.set_axis_off()
+    return fig, axes
+
+
+def _label(frame: pd.DataFrame, method: str) -> str:
+    if "method_label" in frame.columns:
+        hit = frame.loc[frame["method"] == method, "method_label"]
+        if len(hit):
+            return str(hit.iloc[0])
+    return str(method)
+
+
+# ----------------------------------------------------------------------------- accuracy
+def accuracy_vs_paper(runs: pd.DataFrame, *, title: str = "") -> Figure:
+    """Best-epoch top-1 (and top-5) per table row: ours as mean ± std over seeds per method,
+    the paper's number as a black star."""
+    runs = runs[runs["finished"].astype(bool)] if len(runs) else runs
+    if not len(runs):
+        return _empty(title or "accuracy vs paper")
+    rows = list(dict.fromkeys(runs["row"]))
+    methods = list(dict.fromkeys(runs["method"]))
+    metrics = [m for m in ("top1", "top5") if runs[f"best_{m}"].notna().any()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(6, 0.9 * len(rows) + 3) *
+                                                       len(metrics) / 1.3, 4.2), squeeze=False)
+    x = np.arange(len(rows))
+    width = 0.8 / max(1, len(methods))
+    for ax, metric in zip(axes[0], metrics):
+        for i, method in enumerate(methods):
+            sub = runs[runs["method"] == method].groupby("row")[f"best_{metric}"]
+            mean = sub.mean().reindex(rows)
+            std = sub.std(ddof=1).reindex(rows).fillna(0.0)
+            offset = (i - (len(methods) - 1) / 2) * width
+            ax.errorbar(x + offset, mean.values, yerr=std.values, fmt="o", capsize=3,
+                        color=_color(method, methods), label=f"ours: {_label(runs, method)}")
+        paper = runs.groupby("row")[f"paper_{metric}"].first().reindex(rows)
+        if paper.notna().any():
+            ax.plot(x, paper.values, "k*", markersize=11, label="paper (ImageNet)")
+        ax.set_xticks(x, rows, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(f"best {metric.replace('top', 'top-')} (%)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or "Accuracy: ours vs the paper")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- curves
+def training_curves(epochs: pd.DataFrame, runs: pd.DataFrame | None = None, *,
+                    metric: str = "val_top1", ncols: int = 4, title: str = "") -> Figure:
+    """``metric`` vs epoch, one panel per table row, one line per run (colour = method); the
+    incremental window (increase_start..increase_end, from ``runs``) shaded; the model-wide
+    share of N:M blocks (``nm_share``) dashed on a second axis, so the dip and recovery while
+    the share grows is visible."""
+    if not len(epochs) or metric not in epochs.columns:
+        return _empty(title or "training curves")
+    rows = list(dict.fromkeys(epochs["row"]))
+    methods = list(dict.fromkeys(epochs["method"]))
+    fig, axes = _grid(len(rows), ncols)
+    info = runs.set_index("run") if runs is not None and len(runs) else None
+    for ax, row in zip(axes.flat, rows):
+        sub = epochs[epochs["row"] == row]
+        share_ax = None
+        for run, curve in sub.groupby("run", sort=False):
+            method = curve["method"].iloc[0]
+            curve = curve.sort_values("epoch")
+            ax.plot(curve["epoch"], curve[metric], marker=".", color=_color(method, methods),
+                    label=f"{_label(runs if runs is not None else sub, method)} "
+                          f"s{curve['seed'].iloc[0]}")
+            if "nm_share" in curve.columns and curve["nm_share"].notna().any() \
+                    and "MaxQ" in str(method):
+                share_ax = share_ax or ax.twinx()
+                share_ax.plot(curve["epoch"], curve["nm_share"], ls="--", lw=1,
+                              color=_color(method, methods), alpha=0.6)
+        if info is not None:
+            window = _window(info, sub["run"].iloc[0])
+            if window and window[1] > window[0]:
+                ax.axvspan(window[0], window[1], color="grey", alpha=0.15,
+                           label="incremental window")
+        if share_ax is not None:
+            share_ax.set_ylim(-0.05, 1.05)
+            share_ax.set_ylabel("share of N:M blocks (dashed)", fontsize=7)
+        ax.set_title(row, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(metric.replace("_", " ").replace("top", "top-") + " (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title or "Training curves")
+    fig.tight_layout()
+    return fig
+
+
+def _window(info: pd.DataFrame, run: str) -> tuple[float, float] | None:
+    try:
+        start, end = float(info.loc[run, "increase_start"]), float(info.loc[run, "increase_end"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if math.isnan(start) or math.isnan(end):
+        return None
+    return start, end
+
+
+# ----------------------------------------------------------------------------- per layer
+def _runs_of(layers: pd.DataFrame, runs: Sequence[str] | None) -> list[str]:
+    available = list(dict.fromkeys(layers["run"])) if len(layers) else []
+    return [r for r in (runs if runs is not None else available) if r in available]
+
+
+def nm_share_per_layer(layers: pd.DataFrame, runs: Sequence[str] | None = None, *,
+                       ncols: int = 2, title: str = "") -> Figure:
+    """Share of N:M blocks per layer vs epoch, one panel per run, one line per layer (colour =
+    depth)."""
+    picked = _runs_of(layers, runs)
+    if not picked:
+        return _empty(title or "share of N:M blocks per layer")
+    fig, axes = _grid(len(picked), ncols, (5.5, 3.5), sharey=True)
+    for ax, run in zip(axes.flat, picked):
+        sub = layers[layers["run"] == run]
+        names = list(dict.fromkeys(sub["layer"]))
+        cmap = plt.get_cmap("viridis")
+        for i, name in enumerate(names):
+            curve = sub[sub["layer"] == name].sort_values("epoch")
+            ax.plot(curve["epoch"], curve["nm_share"], color=cmap(i / max(1, len(names) - 1)),
+                    lw=1, alpha=0.8)
+        ax.set_title(run, fontsize=8)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("share of N:M blocks")
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, max(1, len(names) - 1)))
+        fig.colorbar(sm, ax=ax, label="layer index (depth)")
+    fig.suptitle(title or "Share of N:M blocks per layer")
+    fig.tight_layout()
+    return fig
+
+
+def flipped_per_layer(layers: pd.DataFrame, runs: Sequence[str] | None = None, *,
+                      ncols: int = 2, title: str = "") -> Figure:
+    """Fraction of mask entries flipped since the previous epoch: a layer × epoch heatmap per
+    run (log colour scale)."""
+    picked = _runs_of(layers, runs)
+    if not picked:
+        return _empty(title or "mask entries flipped per epoch")
+    fig, axes = _grid(len(picked), ncols, (5.5, 4.0))
+    from matplotlib.colors import LogNorm, Normalize
+
+    for ax, run in zip(axes.flat, picked):
+        sub = layers[layers["run"] == run]
+        table = sub.pivot_table(index="layer", columns="epoch", values="flipped", sort=False)
+        table = table.reindex(list(dict.fromkeys(sub["layer"])))
+        values = table.to_numpy(dtype=float)
+        positive = values[np.isfinite(values) & (values > 0)]
+        if positive.size and positive.max() / positive.min() > 20:     # wide range: log scale
+            vmin, vmax = max(1e-6, positive.min()), positive.max()
+            norm = LogNorm(vmin=vmin, vmax=vmax)
+            shown = np.clip(np.nan_to_num(values, nan=vmin), vmin, vmax)
+        else:
+            norm = Normalize(vmin=0.0, vmax=max(1e-6, positive.max() if positive.size else 1.0))
+            shown = np.nan_to_num(values, nan=0.0)
+        image = ax.imshow(np.ma.masked_invalid(np.where(np.isfinite(values), shown, np.nan)),
+                          aspect="auto", cmap="magma", norm=norm, interpolation="nearest")
+        ax.set_xticks(range(len(table.columns)), [str(c) for c in table.columns], fontsize=7)
+        step = max(1, len(table.index) // 12)
+        ax.set_yticks(range(0, len(table.index), step), list(table.index)[::step], fontsize=6)
+        ax.set_xlabel("epoch")
+        ax.set_title(run, fontsize=8)
+        fig.colorbar(image, ax=ax, label="fraction flipped")
+    fig.suptitle(title or "Mask entries flipped since the previous epoch")
+    fig.tight_layout()
+    return fig
+
+
+def soft_histograms(layers: pd.DataFrame, runs: Sequence[str] | None = None, *,
+                    edges: Sequence[float] = records.HIST_EDGES, max_epochs: int = 6,
+                    ncols: int = 2, title: str = "") -> Figure:
+    """Soft-mask values over epochs: per run, the share of mask entries in each bin (all sparse
+    layers pooled) for up to ``max_epochs`` epochs; bin [0, 0.5) holds the pruned entries."""
+    picked = _runs_of(layers, runs)
+    if not picked:
+        return _empty(title or "soft-mask histograms")
+    fig, axes = _grid(len(picked), ncols, (5.5, 3.5))
+    edges = np.asarray(edges, dtype=float)
+    centers = (edges[:-1] + edges[1:]) / 2
+    for ax, run in zip(axes.flat, picked):
+        sub = layers[layers["run"] == run]
+        epochs = sorted(sub["epoch"].unique())
+        if len(epochs) > max_epochs:
+            idx = np.linspace(0, len(epochs) - 1, max_epochs).round().astype(int)
+            epochs = [epochs[i] for i in sorted(set(idx))]
+        cmap = plt.get_cmap("plasma")
+        for i, epoch in enumerate(epochs):
+            counts = np.sum([np.asarray(c, dtype=float) for c in
+                             sub.loc[sub["epoch"] == epoch, "hist_counts"]], axis=0)
+            total = counts.sum()
+            if total <= 0 or counts.shape != centers.shape:
+                continue
+            ax.stairs(counts / total, edges, color=cmap(i / max(1, len(epochs) - 1)),
+                      label=f"epoch {epoch}", lw=1.5)
+        ax.set_yscale("log")
+        ax.set_xlabel("soft-mask value (0 = pruned, 1 = kept, up to 3 = boosted)")
+        ax.set_ylabel("share of entries")
+        ax.set_title(run, fontsize=8)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title or "Soft-mask value histograms over epochs")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- masks
+def mask_matrix(mask: np.ndarray, max_rows: int = 64, max_cols: int = 96) -> np.ndarray:
+    """A 2-D view of a conv/linear mask: (out, in·kh·kw) with the input channel innermost-but-one
+    so an N:M block (M consecutive input channels) is M adjacent entries; cropped."""
+    mask = np.asarray(mask)
+    if mask.ndim == 4:
+        co, ci, kh, kw = mask.shape
+        mask = mask.transpose(0, 2, 3, 1).reshape(co, kh * kw * ci)
+    elif mask.ndim != 2:
+        mask = mask.reshape(mask.shape[0], -1)
+    return mask[:max_rows, :max_cols]
+
+
+def mask_heatmaps(snapshots: Mapping[int, Mapping[str, Mapping[str, np.ndarray]]],
+                  layers: Sequence[str] | None = None, *, max_rows: int = 48,
+                  max_cols: int = 64, title: str = "") -> Figure:
+    """Soft masks (0 pruned … 3 boosted) of selected layers (rows) at snapshot epochs (columns);
+    ``snapshots`` as returned by :func:`maxq.results.load_masks`."""
+    epochs = sorted(snapshots)
+    if not epochs:
+        return _empty(title or "mask heatmaps", "no mask snapshots")
+    names = list(layers) if layers is not None else list(snapshots[epochs[0]])
+    names = [n for n in names if n in snapshots[epochs[0]]]
+    if not names:
+        return _empty(title or "mask heatmaps", "no sparse layers in the snapshots")
+    fig, axes = plt.subplots(len(names), len(epochs), figsize=(2.8 * len(epochs) + 1,
+                                                               2.4 * len(names)), squeeze=False)
+    image = None
+    for i, name in enumerate(names):
+        for j, epoch in enumerate(epochs):
+            ax = axes[i, j]
+            layer = snapshots[epoch].get(name)
+            if layer is None:
+                ax.set_axis_off()
+                continue
+            image = ax.imshow(mask_matrix(layer["soft"], max_rows, max_cols), cmap="viridis",
+                              vmin=0, vmax=3, aspect="auto", interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(f"epoch {epoch}", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(name, fontsize=7)
+    if image is not None:
+        fig.colorbar(image, ax=axes, label="soft mask value", shrink=0.8)
+    fig.suptitle(title or "Soft masks of selected layers (rows: output channels; columns: "
+                          "kh·kw·input channels, blocks = M adjacent entries)", fontsize=9)
+    return fig
+
+
+def block_view(hard: np.ndarray, M: int) -> np.ndarray:
+    """Kept entries per N:M block (blocks of M consecutive input channels): (out, kh·kw·ci/M)."""
+    hard = np.asarray(hard, dtype=float)
+    if hard.ndim == 4:
+        co, ci, kh, kw = hard.shape
+        if ci % M:
+            return hard.reshape(co, -1)
+        return hard.transpose(0, 2, 3, 1).reshape(co, kh * kw, ci // M, M).sum(-1).reshape(co, -1)
+    co, ci = hard.shape[0], int(np.prod(hard.shape[1:]))
+    if ci % M:
+        return hard.reshape(co, -1)
+    return hard.reshape(co, ci // M, M).sum(-1)
+
+
+def mask_detail(hard: np.ndarray, soft: np.ndarray, M: int, *, title: str = "",
+                max_rows: int = 64, max_cols: int = 96) -> Figure:
+    """One layer at one epoch: hard mask, soft mask, block view (kept entries per block: N for
+    an N:M block, M for a dense block) and the histogram of the kept soft values."""
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    axes[0].imshow(mask_matrix(hard, max_rows, max_cols), cmap="gray_r", vmin=0, vmax=1,
+                   aspect="auto", interpolation="nearest")
+    axes[0].set_title("hard mask (black = kept)")
+    image = axes[1].imshow(mask_matrix(soft, max_rows, max_cols), cmap="viridis", vmin=0, vmax=3,
+                           aspect="auto", interpolation="nearest")
+    axes[1].set_title("soft mask")
+    fig.colorbar(image, ax=axes[1])
+    blocks = block_view(hard, M)[:max_rows, :max_cols]
+    image = axes[2].imshow(blocks, cmap="cividis", vmin=0, vmax=M, aspect="auto",
+                           interpolation="nearest")
+    axes[2].set_title(f"kept per block of {M} (M = dense block)")
+    fig.colorbar(image, ax=axes[2])
+    kept = np.asarray(soft, dtype=float)[np.asarray(hard, dtype=bool)]
+    axes[3].hist(kept, bins=np.linspace(1, 3, 41), color="C0")
+    axes[3].set_title(f"kept soft values (n={kept.size})")
+    axes[3].set_xlabel("value")
+    for ax in axes[:3]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- schedules, ablation
+def schedule_curves(frame: pd.DataFrame, *, chosen: str | None = None,
+                    window: tuple[float, float] | None = None, title: str = "") -> Figure:
+    """Share of N:M blocks ``1 − ρ(t)`` per schedule (columns epoch, schedule, nm_share, as from
+    :func:`maxq.results.schedule_frame`); the study's schedule drawn thick."""
+    if not len(frame):
+        return _empty(title or "incremental schedules")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in frame.groupby("schedule", sort=False):
+        ax.plot(curve["epoch"], curve["nm_share"], lw=3 if name == chosen else 1.5,
+                label=name + (" (this study)" if name == chosen else ""))
+    if window and window[1] > window[0]:
+        ax.axvspan(*window, color="grey", alpha=0.12, label="incremental window")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("share of N:M blocks 1 − ρ(t)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Incremental sparsity schedules")
+    fig.tight_layout()
+    return fig
+
+
+def ablation_bars(table: pd.DataFrame, *, ylabel: str = "best top-1 (%)", ncols: int = 3,
+                  title: str = "") -> Figure:
+    """Bars with ±std error bars per arm, one panel per group (columns group, arm, mean, std, n
+    as from :func:`maxq.results.ablation_table`)."""
+    if not len(table):
+        return _empty(title or "ablation")
+    groups = list(dict.fromkeys(table["group"]))
+    fig, axes = _grid(len(groups), ncols, (max(3.5, 0.9 * table.groupby("group").size().max() + 1.5),
+                                           3.6))
+    for ax, group in zip(axes.flat, groups):
+        sub = table[table["group"] == group]
+        x = np.arange(len(sub))
+        ax.bar(x, sub["mean"], yerr=sub["std"].fillna(0.0), capsize=4,
+               color=[f"C{i % 10}" for i in range(len(sub))], alpha=0.85)
+        for xi, (mean, n) in enumerate(zip(sub["mean"], sub["n"])):
+            if np.isfinite(mean):
+                ax.text(xi, mean, f" n={n}", ha="center", va="bottom", fontsize=7, rotation=90)
+        ax.set_xticks(x, list(sub["arm"]), rotation=30, ha="right", fontsize=8)
+        finite = sub["mean"][np.isfinite(sub["mean"])]
+        if len(finite):
+            low = float((finite - sub["std"].fillna(0).loc[finite.index]).min())
+            high = float((finite + sub["std"].fillna(0).loc[finite.index]).max())
+            pad = max(1.0, 0.15 * (high - low))
+            ax.set_ylim(max(0.0, low - 2 * pad), min(100.0, high + 2 * pad))
+        ax.set_title(str(group), fontsize=9)
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title or "Ablation (mean ± std over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- interactive
+def mask_explorer(choose, runs: Sequence[str]):
+    """ipywidgets explorer (JupyterLab): run / layer dropdowns and an epoch slider → the
+    :func:`mask_detail` figure. ``choose(run, layer, epoch)`` returns a dict as
+    :func:`maxq.results.mask_choice` does. Returns the widget box."""
+    import ipywidgets as W
+    from IPython.display import display
+
+    first = choose(runs[0], None, None)
+    run_w = W.Dropdown(options=list(runs), value=first["run"], description="run",
+                       layout=W.Layout(width="60%"))
+    layer_w = W.Dropdown(options=first["layers"], value=first["layer"], description="layer",
+                         layout=W.Layout(width="60%"))
+    epoch_w = W.SelectionSlider(options=first["epochs"], value=first["epoch"],
+                                description="epoch", continuous_update=False)
+    out = W.Output()
+
+    def draw(*_):
+        with out:
+            out.clear_output(wait=True)
+            pick = choose(run_w.value, layer_w.value, epoch_w.value)
+            fig = mask_detail(pick["hard"], pick["soft"], pick["M"],
+                              title=f"{pick['run']} · {pick['layer']} · epoch {pick['epoch']}")
+            display(fig)
+            plt.close(fig)
+
+    def on_run(change):
+        pick = choose(change["new"], None, None)
+        with layer_w.hold_trait_notifications(), epoch_w.hold_trait_notifications():
+            layer_w.options, layer_w.value = pick["layers"], pick["layer"]
+            epoch_w.options, epoch_w.value = pick["epochs"], pick["epoch"]
+        draw()
+
+    run_w.observe(on_run, names="value")
+    layer_w.observe(draw, names="value")
+    epoch_w.observe(draw, names="value")
+    draw()
+    return W.VBox([run_w, layer_w, epoch_w, out])

@@ -1,0 +1,576 @@
+"""Run directories → tidy pandas DataFrames, and the tables of the report.
+
+Everything is read through :mod:`maxq.records` (``config.json``, ``metrics.jsonl``,
+``layers.jsonl``, ``result.json``, mask snapshots); no text log is parsed.
+
+``load(study)`` returns a :class:`Results` with three DataFrames:
+
+``runs``    one line per run directory: study, run, row, arch, N, M, method, method_label, seed,
+            finished, best_top1, best_top5, best_epoch, last_top1, last_top5, epochs,
+            wall_seconds, the paper_* values of the study row, the scale of the run (set,
+            train_subset, val_subset, image_size, batch_size, increase_start, increase_end,
+            prune_schedule, ...), arms (ablation labels), run_dir
+``epochs``  one line per run and finished epoch (the keys of ``metrics.jsonl``)
+``layers``  one line per run, epoch and sparse layer (nm_share, flipped, hist_counts)
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from maxq import records
+
+MAXQ = "SoftMaxQConv2DBN"
+SRSTE = "SoftSRSTEConv2dBN"
+#: short names for tables and legends (a study may add its own in [study].method_labels)
+METHOD_LABELS = {
+    "SoftMaxQConv2DBN": "MaxQ",
+    "HardMaxQConv2DBN": "MaxQ (hard grad)",
+    "SoftSRSTEConv2dBN": "SR-STE",
+    "HardSRSTEConv2dBN": "SR-STE (hard grad)",
+    "DenseConv2dBN": "dense",
+    "MaxQHardAxis": "MaxQ hard axis",
+    "MaxQNoIncremental": "MaxQ no incremental",
+    "MaxQInverseSelection": "MaxQ largest dense",
+    "MaxQRandomSelection": "MaxQ random dense",
+    "MaxQProgressiveN": "MaxQ progressive N",
+    "ASPFixedMask": "ASP",
+}
+#: options copied from config.json into ``runs`` (those absent in a run stay NaN)
+SCALE_KEYS = ("set", "epochs", "batch_size", "image_size", "train_subset", "val_subset", "lr",
+              "lr_policy", "weight_decay", "label_smoothing", "increase_start", "increase_end",
+              "prune_schedule", "tau", "decay", "device", "amp")
+RUN_COLUMNS = ("study", "run", "row", "arch", "N", "M", "method", "method_label", "seed",
+               "finished", "best_top1", "best_top5", "best_epoch", "last_top1", "last_top5",
+               "epochs_done", "wall_seconds", "paper_top1", "paper_top5", "paper_epochs",
+               *SCALE_KEYS, "arms", "run_dir")
+#: the paper's input (ImageNet, 224 px) for the cost columns
+PAPER_INPUT = (3, 224, 224)
+
+
+@dataclass
+class Results:
+    """The runs of one study (or of a single run directory) as DataFrames."""
+
+    study: str | None
+    runs: pd.DataFrame
+    epochs: pd.DataFrame
+    layers: pd.DataFrame
+    spec: Any = None                      # maxq.batch.Study when the study file was found
+    run_dirs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.runs[self.runs["finished"]] if len(self.runs) else self.runs
+
+    def masks(self, run: str, epochs: Iterable[int] | None = None,
+              layers: Iterable[str] | None = None) -> dict[int, dict[str, dict[str, np.ndarray]]]:
+        """Mask snapshots of one run: ``{epoch: {layer: {"hard", "soft"}}}``."""
+        return load_masks(self.run_dirs[run], epochs=epochs, layers=layers)
+
+    def mask_epochs(self, run: str) -> list[int]:
+        return records.mask_snapshot_epochs(self.run_dirs[run])
+
+    def labels(self) -> dict[str, str]:
+        out = dict(METHOD_LABELS)
+        if self.spec is not None:
+            out.update(self.spec.method_labels)
+        return out
+
+
+# ----------------------------------------------------------------------------- loading
+def options(config: dict) -> dict:
+    """The training options inside ``config.json`` (nested under a key, or flat)."""
+    for key in ("config", "args", "options", "train"):
+        if isinstance(config.get(key), dict):
+            return config[key]
+    return config
+
+
+def load(study: Any, runs_root: str | os.PathLike | None = None) -> Results:
+    """Every run directory under ``<runs_root>/<study>/`` (finished or not).
+
+    ``study`` is a name, a study file path, or a :class:`maxq.batch.Study`; when the study file
+    is found its rows give the paper values, table-row ids and ablation arms."""
+    from maxq import batch
+
+    spec = None
+    try:
+        spec = batch.load_study(study)
+        name = spec.name
+    except batch.StudyError:
+        if isinstance(study, (str, os.PathLike)) and (Path(study).suffix == ".toml"
+                                                      or os.sep in str(study)):
+            raise
+        name = str(study)
+    planned = {r.id: r for r in batch.expand(spec)} if spec is not None else {}
+    folder = batch.runs_root(runs_root) / name
+    dirs = sorted(p for p in folder.iterdir() if (p / records.CONFIG).exists()) \
+        if folder.is_dir() else []
+    order = {rid: i for i, rid in enumerate(planned)}
+    dirs.sort(key=lambda p: (order.get(p.name, len(order)), p.name))
+    return _collect(name, dirs, planned, spec)
+
+
+def load_run(run_dir: str | os.PathLike) -> Results:
+    """One run directory (for the row notebook)."""
+    run_dir = Path(run_dir)
+    return _collect(None, [run_dir], {}, None)
+
+
+def _collect(name: str | None, dirs: Sequence[Path], planned: dict, spec: Any) -> Results:
+    runs, epochs, layers, run_dirs = [], [], [], {}
+    labels = dict(METHOD_LABELS)
+    if spec is not None:
+        labels.update(spec.method_labels)
+    for d in dirs:
+        rec = records.read_run(d)
+        cfg = options(rec["config"])
+        run = d.name
+        plan = planned.get(run)
+        method = cfg.get("conv_bn_type", plan.method if plan else None)
+        seed = cfg.get("seed", plan.seed if plan else None)
+        row = plan.table_row if plan else _table_row(run, method, seed)
+        result = rec["result"] or {}
+        line: dict[str, Any] = {
+            "study": name if name is not None else cfg.get("study"),
+            "run": run, "row": row, "arch": cfg.get("arch"), "N": cfg.get("N"),
+            "M": cfg.get("M"), "method": method, "method_label": labels.get(method, method),
+            "seed": seed, "finished": rec["result"] is not None,
+            "epochs_done": len(rec["metrics"]),
+        }
+        for key in records.RESULT_KEYS:
+            if key != "epochs":
+                line[key] = result.get(key, np.nan)
+        if not line["finished"] and rec["metrics"]:
+            line["last_top1"] = rec["metrics"][-1].get("val_top1", np.nan)
+            line["last_top5"] = rec["metrics"][-1].get("val_top5", np.nan)
+        paper = plan.paper if plan else {}
+        for key in ("paper_top1", "paper_top5", "paper_epochs"):
+            line[key] = paper.get(key, np.nan)
+        for key in SCALE_KEYS:
+            line[key] = cfg.get(key, np.nan)
+        line["arms"] = dict(plan.arms) if plan and plan.arms else {}
+        line["run_dir"] = str(d)
+        runs.append(line)
+        run_dirs[run] = d
+        keys = dict(run=run, row=row, method=method, seed=seed)
+        epochs.extend({**keys, **m} for m in rec["metrics"])
+        layers.extend({**keys, **l} for l in rec["layers"])
+    runs_df = pd.DataFrame(runs, columns=list(RUN_COLUMNS))
+    if len(runs_df):
+        runs_df["finished"] = runs_df["finished"].astype(bool)
+    epochs_df = pd.DataFrame(epochs, columns=["run", "row", "method", "seed",
+                                              *records.METRIC_KEYS])
+    if len(epochs):
+        extra = [c for c in pd.DataFrame(epochs).columns if c not in epochs_df.columns]
+        epochs_df = pd.DataFrame(epochs, columns=list(epochs_df.columns) + extra)
+    layers_df = pd.DataFrame(layers, columns=["run", "row", "method", "seed",
+                                              *records.LAYER_KEYS])
+    return Results(name, runs_df, epochs_df, layers_df, spec, run_dirs)
+
+
+def _table_row(run: str, method: Any, seed: Any) -> str:
+    suffix = f"-{method}-s{seed}"
+    return run[: -len(suffix)] if run.endswith(suffix) else run
+
+
+def load_masks(run_dir: str | os.PathLike, epochs: Iterable[int] | None = None,
+               layers: Iterable[str] | None = None) -> dict[int, dict[str, dict[str, np.ndarray]]]:
+    """Mask snapshots ``{epoch: {layer: {"hard": bool, "soft": float32}}}`` of one run."""
+    available = records.mask_snapshot_epochs(run_dir)
+    wanted = available if epochs is None else [e for e in epochs if e in available]
+    keep = None if layers is None else set(layers)
+    out = {}
+    for epoch in wanted:
+        snap = records.load_mask_snapshot(run_dir, epoch)
+        out[epoch] = {k: v for k, v in snap.items() if keep is None or k in keep}
+    return out
+
+
+def pick_epochs(epochs: Sequence[int], k: int = 4) -> list[int]:
+    """Up to ``k`` epochs spread evenly over ``epochs`` (first and last included)."""
+    epochs = sorted(set(int(e) for e in epochs))
+    if len(epochs) <= k:
+        return epochs
+    idx = np.linspace(0, len(epochs) - 1, k).round().astype(int)
+    return [epochs[i] for i in sorted(set(idx))]
+
+
+def pick_layers(layer_names: Sequence[str], k: int = 3) -> list[str]:
+    """Up to ``k`` layers spread over the network's depth (first, middle, last)."""
+    names = list(dict.fromkeys(layer_names))
+    if len(names) <= k:
+        return names
+    idx = np.linspace(0, len(names) - 1, k).round().astype(int)
+    return [names[i] for i in sorted(set(idx))]
+
+
+def focus_runs(results: Results, per_method: int = 1) -> list[str]:
+    """Runs shown in the per-layer figures: the study's ``focus`` row if set, else the first
+    finished row; one run (the lowest seed) per method of that row."""
+    runs = results.finished
+    if not len(runs):
+        runs = results.runs[results.runs["epochs_done"] > 0] if len(results.runs) else runs
+    if not len(runs):
+        return []
+    focus = getattr(results.spec, "focus", None)
+    row = focus if focus in set(runs["row"]) else runs["row"].iloc[0]
+    picked = runs[runs["row"] == row].sort_values("seed").groupby("method", sort=False).head(
+        per_method)
+    return list(picked["run"])
+
+
+# ----------------------------------------------------------------------------- tables
+def _mean_std(values: pd.Series) -> tuple[float, float, int]:
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    n = len(values)
+    if n == 0:
+        return math.nan, math.nan, 0
+    return float(values.mean()), float(values.std(ddof=1)) if n > 1 else 0.0, n
+
+
+def _fmt(mean: float, std: float, n: int, digits: int = 2) -> str:
+    if n == 0 or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    text = f"{mean:.{digits}f}"
+    if n > 1:
+        text += f" ± {std:.{digits}f}"
+    return text + f" (n={n})"
+
+
+def summary_table(results: Results, *, cost: bool = True) -> pd.DataFrame:
+    """One line per table row: paper top-1/top-5, ours (best-epoch top-1/top-5, mean ± std over
+    seeds) per method, MaxQ − SR-STE, and FLOPs/params of the row at the paper's scale
+    (ImageNet model, 224 px, via :func:`maxq.export.cost`)."""
+    runs = results.finished
+    rows = _row_order(results)
+    methods = _method_order(results)
+    labels = results.labels()
+    out = []
+    for row in rows:
+        sub = results.runs[results.runs["row"] == row]
+        done = runs[runs["row"] == row] if len(runs) else runs
+        first = sub.iloc[0]
+        line: dict[str, Any] = {"row": row, "arch": first["arch"], "N": first["N"],
+                                "M": first["M"], "paper_top1": first["paper_top1"],
+                                "paper_top5": first["paper_top5"],
+                                "paper_epochs": first["paper_epochs"]}
+        for method in methods:
+            label = labels.get(method, method)
+            values = done[done["method"] == method] if len(done) else done
+            for metric in ("top1", "top5"):
+                mean, std, n = _mean_std(values[f"best_{metric}"]) if len(values) else (
+                    math.nan, math.nan, 0)
+                line[f"{label} {metric} mean"] = mean
+                line[f"{label} {metric} std"] = std
+                line[f"{label} n"] = n
+        if MAXQ in methods and SRSTE in methods:
+            a, b = labels.get(MAXQ, MAXQ), labels.get(SRSTE, SRSTE)
+            for metric in ("top1", "top5"):
+                line[f"{a} - {b} {metric}"] = line[f"{a} {metric} mean"] - line[f"{b} {metric} mean"]
+        if cost:
+            line.update(paper_cost(first["arch"], first["N"], first["M"]))
+        out.append(line)
+    return pd.DataFrame(out)
+
+
+def summary_markdown(table: pd.DataFrame, results: Results) -> str:
+    """The summary table as Markdown, ``mean ± std (n)`` per method."""
+    if not len(table):
+        return "_no runs yet_\n"
+    labels = results.labels()
+    methods = [labels.get(m, m) for m in _method_order(results)]
+    header = ["row", "N:M", "paper top-1", "paper top-5"]
+    for m in methods:
+        header += [f"{m} top-1", f"{m} top-5"]
+    delta = [c for c in table.columns if " - " in c and c.endswith("top1")]
+    header += ["Δ top-1 " + c.rsplit(" ", 1)[0] for c in delta]
+    has_cost = "sparse_gflops" in table.columns
+    if has_cost:
+        header += ["GFLOPs dense → sparse", "params (M) dense → sparse"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in table.iterrows():
+        cells = [str(r["row"]), f"{_int(r['N'])}:{_int(r['M'])}", _num(r["paper_top1"]),
+                 _num(r["paper_top5"])]
+        for m in methods:
+            for metric in ("top1", "top5"):
+                cells.append(_fmt(r.get(f"{m} {metric} mean", math.nan),
+                                  r.get(f"{m} {metric} std", math.nan), int(r.get(f"{m} n", 0))))
+        cells += [_num(r[c], signed=True) for c in delta]
+        if has_cost:
+            cells += [f"{_num(r['dense_gflops'])} → {_num(r['sparse_gflops'])}",
+                      f"{_num(r['dense_mparams'])} → {_num(r['sparse_mparams'])}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value: Any, signed: bool = False, digits: int = 2) -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    if math.isnan(value):
+        return "–"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def _int(value: Any) -> str:
+    try:
+        return str(int(value))
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _row_order(results: Results) -> list[str]:
+    return list(dict.fromkeys(results.runs["row"])) if len(results.runs) else []
+
+
+def _method_order(results: Results) -> list[str]:
+    methods = list(dict.fromkeys(results.runs["method"])) if len(results.runs) else []
+    preferred = [m for m in (MAXQ, SRSTE) if m in methods]
+    return preferred + [m for m in methods if m not in preferred]
+
+
+def ablation_table(results: Results, metric: str = "best_top1") -> pd.DataFrame:
+    """Mean ± std over seeds per (group, arm).
+
+    Rows with ``arms = {group = "arm", ...}`` in the study file form the groups (one row can be
+    the baseline of several groups); rows without arms are grouped by table row with the
+    method as the arm (for the main studies: MaxQ vs SR-STE per row)."""
+    columns = ["group", "arm", "mean", "std", "n", "runs"]
+    runs = results.finished
+    if not len(runs):
+        return pd.DataFrame(columns=columns)
+    labels = results.labels()
+    items = []
+    for _, r in runs.iterrows():
+        arms = r["arms"] if isinstance(r["arms"], dict) and r["arms"] else {
+            r["row"]: labels.get(r["method"], r["method"])}
+        for group, arm in arms.items():
+            items.append({"group": group, "arm": arm, "value": r[metric], "run": r["run"]})
+    frame = pd.DataFrame(items)
+    out = []
+    for (group, arm), sub in frame.groupby(["group", "arm"], sort=False):
+        mean, std, n = _mean_std(sub["value"])
+        out.append({"group": group, "arm": arm, "mean": mean, "std": std, "n": n,
+                    "runs": " ".join(sub["run"])})
+    return pd.DataFrame(out, columns=columns)
+
+
+def ablation_markdown(table: pd.DataFrame, metric: str = "best top-1") -> str:
+    if not len(table):
+        return "_no finished runs_\n"
+    lines = [f"| group | arm | {metric} (mean ± std) | n |", "|---|---|---|---|"]
+    for _, r in table.iterrows():
+        spread = f" ± {_num(r['std'])}" if r["n"] > 1 else ""
+        lines.append(f"| {r['group']} | {r['arm']} | {_num(r['mean'])}{spread} | {r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- cost at paper scale
+@functools.lru_cache(maxsize=None)
+def _paper_cost_cached(arch: str, N: int, M: int) -> tuple[tuple[str, float], ...]:
+    from maxq import export, models
+
+    model = models.build(arch, num_classes=1000)
+    totals = export.cost(model, PAPER_INPUT, N=N, M=M).totals()
+    return (("dense_gflops", totals["dense_flops"] / 1e9),
+            ("sparse_gflops", totals["sparse_flops"] / 1e9),
+            ("dense_mparams", totals["dense_params"] / 1e6),
+            ("sparse_mparams", totals["sparse_params"] / 1e6))
+
+
+def paper_cost(arch: Any, N: Any, M: Any) -> dict[str, float]:
+    """FLOPs (G) and params (M), dense and N:M sparse, of ``arch`` at the paper's scale
+    (1000 classes, 224 px). NaN when the cost counter is unavailable or the row is invalid."""
+    empty = {k: math.nan for k in ("dense_gflops", "sparse_gflops", "dense_mparams",
+                                   "sparse_mparams")}
+    try:
+        return dict(_paper_cost_cached(str(arch), int(N), int(M)))
+    except Exception:  # noqa: BLE001 - an unknown arch or missing module leaves the columns empty
+        return empty
+
+
+# ----------------------------------------------------------------------------- scale and schedules
+def scale_summary(results: Results) -> str:
+    """A Markdown paragraph stating the scale the study ran at (from the runs' configs)."""
+    runs = results.runs
+    if not len(runs):
+        return "No run directories found yet.\n"
+
+    def values(key: str) -> str:
+        vals = [v for v in runs[key].tolist() if not (isinstance(v, float) and math.isnan(v))]
+        vals = list(dict.fromkeys(str(v) for v in vals))
+        return ", ".join(vals) if vals else "?"
+
+    done = results.finished
+    wall = pd.to_numeric(done["wall_seconds"], errors="coerce").sum() if len(done) else 0.0
+    text = (f"**Scale.** {len(runs)} run(s) ({len(done)} finished) of study "
+            f"`{results.study}`: data set {values('set')}, train subset {values('train_subset')} "
+            f"images, validation subset {values('val_subset')} images, input {values('image_size')} "
+            f"px, batch {values('batch_size')}, {values('epochs')} epochs, incremental window "
+            f"epochs {values('increase_start')}–{values('increase_end')} "
+            f"({values('prune_schedule')} schedule), device {values('device')}; "
+            f"training time {wall / 60:.1f} min in total "
+            f"({wall / max(1, len(done)):.0f} s per finished run).")
+    note = getattr(results.spec, "scale_note", "")
+    if note:
+        text += f" {note}"
+    return text + "\n"
+
+
+def schedule_frame(start: int, end: int, epochs: int,
+                   schedules: Iterable[str] | None = None) -> pd.DataFrame:
+    """Share of N:M blocks ``1 − ρ(t)`` for every schedule over ``0..epochs`` (columns: epoch,
+    schedule, dense_fraction, nm_share), from :func:`maxq.schedules.dense_fraction`."""
+    from maxq import schedules as sched
+
+    names = list(schedules) if schedules is not None else list(sched.SCHEDULES)
+    grid = np.linspace(0, max(1, int(epochs)), 200)
+    out = []
+    for name in names:
+        for t in grid:
+            rho = float(sched.dense_fraction(float(t), start, end, name))
+            out.append({"epoch": float(t), "schedule": name, "dense_fraction": rho,
+                        "nm_share": 1.0 - rho})
+    return pd.DataFrame(out)
+
+
+def study_window(results: Results) -> tuple[int, int, int, str]:
+    """(increase_start, increase_end, epochs, prune_schedule) of the study's MaxQ runs."""
+    runs = results.runs
+    if not len(runs):
+        return 0, 0, 1, "linear"
+    maxq = runs[runs["method"].astype(str).str.contains("MaxQ")]
+    pick = maxq if len(maxq) else runs
+    first = pick.iloc[0]
+
+    def num(value: Any, default: int) -> int:
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return default
+
+    schedule = first["prune_schedule"] if isinstance(first["prune_schedule"], str) else "linear"
+    return (num(first["increase_start"], 0), num(first["increase_end"], 0),
+            num(first["epochs"], 1), schedule)
+
+
+# ----------------------------------------------------------------------------- writing
+def report_dir(results_or_study: Any, reports_root: str | os.PathLike | None = None) -> Path:
+    from maxq import batch
+
+    study = results_or_study.study if isinstance(results_or_study, Results) else results_or_study
+    return batch.report_dir(str(study), reports_root)
+
+
+def save_table(table: pd.DataFrame, path_stem: str | os.PathLike,
+               markdown: str | None = None) -> list[Path]:
+    """Write ``<stem>.csv`` and ``<stem>.md`` atomically (Markdown: ``markdown`` or a plain
+    rendering of the table)."""
+    stem = Path(path_stem)
+    csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+    frame = table.copy()
+    for column in frame.columns:
+        if frame[column].map(lambda v: isinstance(v, dict)).any():
+            frame[column] = frame[column].map(lambda v: "; ".join(f"{k}={x}" for k, x in v.items())
+                                              if isinstance(v, dict) else v)
+    records.atomic_write_text(csv_path, frame.to_csv(index=False))
+    records.atomic_write_text(md_path, markdown if markdown is not None else _plain_md(frame))
+    return [csv_path, md_path]
+
+
+def _plain_md(frame: pd.DataFrame) -> str:
+    if not len(frame):
+        return "_empty_\n"
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for _, r in frame.iterrows():
+        lines.append("| " + " | ".join(_cell(r[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "–" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+# ----------------------------------------------------------------------------- report helpers
+def status_frame(study: Any, runs_root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """``<runs_root>/<study>/status.csv`` of the batch runner as a DataFrame."""
+    from maxq import batch
+
+    name = results_name(study)
+    lines = batch.read_status(name, runs_root)
+    return pd.DataFrame(list(lines.values()), columns=list(batch.STATUS_COLUMNS))
+
+
+def results_name(study: Any) -> str:
+    from maxq import batch
+
+    if isinstance(study, Results):
+        return str(study.study)
+    try:
+        return batch.load_study(study).name
+    except batch.StudyError:
+        return str(study)
+
+
+def heatmap_selection(results: Results, k_epochs: int = 4, k_layers: int = 3
+                      ) -> tuple[str | None, dict[int, dict[str, dict[str, np.ndarray]]], list[str]]:
+    """For the mask heatmaps: the focus MaxQ run (else the first focus run), its snapshots at up
+    to ``k_epochs`` epochs and up to ``k_layers`` layers spread over depth."""
+    candidates = focus_runs(results)
+    candidates = [r for r in candidates if results.mask_epochs(r)]
+    maxq = [r for r in candidates if "MaxQ" in r]
+    if not candidates:
+        return None, {}, []
+    run = (maxq or candidates)[0]
+    epochs = pick_epochs(results.mask_epochs(run), k_epochs)
+    first = records.load_mask_snapshot(results.run_dirs[run], epochs[0])
+    layers = pick_layers(layer_order(results, run, first), k_layers)
+    return run, load_masks(results.run_dirs[run], epochs=epochs, layers=layers), layers
+
+
+def layer_order(results: Results, run: str, names: Iterable[str]) -> list[str]:
+    """``names`` in network order (the order of ``layers.jsonl``; snapshots sort by name)."""
+    names = list(names)
+    recorded = list(dict.fromkeys(results.layers.loc[results.layers["run"] == run, "layer"])) \
+        if len(results.layers) else []
+    known = [n for n in recorded if n in names]
+    return known + [n for n in names if n not in known]
+
+
+def mask_choice(results: Results, run: str | None = None, layer: str | None = None,
+                epoch: int | None = None) -> dict[str, Any]:
+    """One (run, layer, epoch) mask for the explorer; defaults: first run with snapshots, its
+    first sparse layer, its last snapshot epoch. Returns run, layer, epoch, epochs, layers,
+    hard, soft, M."""
+    runs = [r for r in results.run_dirs if results.mask_epochs(r)]
+    if not runs:
+        raise records.RunRecordError(f"no run of study {results.study!r} has mask snapshots")
+    run = run if run is not None else runs[0]
+    if run not in runs:
+        raise records.RunRecordError(f"run {run!r} has no mask snapshots; runs with snapshots: "
+                                     f"{', '.join(runs)}")
+    epochs = results.mask_epochs(run)
+    epoch = epochs[-1] if epoch is None else int(epoch)
+    snap = records.load_mask_snapshot(results.run_dirs[run], epoch)
+    layers = layer_order(results, run, snap)
+    layer = layers[0] if layer is None else layer
+    if layer not in snap:
+        raise records.RunRecordError(f"layer {layer!r} is not a sparse layer of {run}; "
+                                     f"layers: {', '.join(layers)}")
+    M = results.runs.set_index("run").loc[run, "M"]
+    return {"run": run, "layer": layer, "epoch": epoch, "epochs": epochs, "layers": layers,
+            "hard": snap[layer]["hard"], "soft": snap[layer]["soft"], "M": int(M),
+            "runs": runs}

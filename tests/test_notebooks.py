@@ -1,0 +1,232 @@
+"""End to end with real papermill: the `smoke` study through `maxq batch` (every row a kernel,
+then the report), a failing row that does not stop the others and is retried alone, and the
+mask explorer executed headless."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from maxq import batch, plots, records, results
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def outputs_text(path: Path) -> str:
+    nb = nbformat.read(str(path), as_version=4)
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", ""))
+            parts.extend(str(v) for k, v in out.get("data", {}).items() if k.startswith("text/"))
+    return "\n".join(parts)
+
+
+def has_image(path: Path) -> bool:
+    nb = nbformat.read(str(path), as_version=4)
+    return any("image/png" in out.get("data", {}) for cell in nb.cells
+               for out in cell.get("outputs", []))
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """`python -m maxq batch smoke` into a temporary runs/reports root (the real CLI)."""
+    base = tmp_path_factory.mktemp("smoke")
+    runs, reports = base / "runs", base / "reports"
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "maxq", "batch", "smoke", "--jobs", "2", "--runs-root", str(runs),
+         "--reports-root", str(reports)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    seconds = time.monotonic() - start
+    print(f"smoke study end to end: {seconds:.0f} s")
+    return runs, reports, done, seconds
+
+
+def test_smoke_batch_finishes_and_prints_the_report(smoke):
+    runs, reports, done, seconds = smoke
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    html = reports / "smoke" / "report.html"
+    assert f"report: {html}" in done.stdout
+    assert "4 done, 0 skipped, 0 failed" in done.stdout
+
+
+def test_smoke_status_table(smoke):
+    runs, _, _, _ = smoke
+    with open(runs / "smoke" / "status.csv", newline="") as handle:
+        lines = list(csv.DictReader(handle))
+    assert [line["row"] for line in lines] == [r.id for r in batch.resolve("smoke")]
+    for line in lines:
+        assert line["state"] == "done" and line["error"] == "" and float(line["seconds"]) > 0
+        assert line["attempts"] == "1"
+        assert records.is_finished(line["run_dir"])
+        assert Path(line["notebook"]).name == "row.ipynb" and Path(line["notebook"]).exists()
+
+
+def test_smoke_row_notebooks_ran_in_the_venv_kernel(smoke):
+    runs, _, _, _ = smoke
+    for row in batch.resolve("smoke"):
+        folder = runs / "smoke" / row.id
+        text = outputs_text(folder / "row.ipynb")
+        assert f"kernel python: {sys.executable}" in text
+        assert has_image(folder / "row.ipynb")            # curves shown inline
+        log = (folder / "papermill.log").read_text()
+        assert "Executing notebook with kernel: python3" in log
+        nb = nbformat.read(str(folder / "row.ipynb"), as_version=4)
+        injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert injected and f"row = \"{row.id}\"" in injected[0].source
+
+
+def test_smoke_results_table_one_line_per_row(smoke):
+    _, reports, _, _ = smoke
+    table = pd.read_csv(reports / "smoke" / "results.csv")
+    assert list(table["row"]) == ["resnet18-2of4", "mobilenet_v1-2of4"]
+    for column in ("MaxQ top1 mean", "SR-STE top1 mean", "MaxQ top5 mean", "MaxQ - SR-STE top1",
+                   "dense_gflops", "sparse_gflops", "dense_mparams", "sparse_mparams"):
+        assert table[column].notna().all(), column
+        assert pd.api.types.is_numeric_dtype(table[column]), column
+    assert table.loc[1, "paper_top1"] == 72.3
+    md = (reports / "smoke" / "results.md").read_text()
+    assert "**Scale.**" in md and "| mobilenet_v1-2of4 | 2:4 | 72.30 | 90.80 |" in md
+    for name in ("runs", "status", "ablation"):
+        assert (reports / "smoke" / f"{name}.csv").stat().st_size > 0
+        assert (reports / "smoke" / f"{name}.md").stat().st_size > 0
+
+
+def test_smoke_every_figure_png_and_svg(smoke):
+    _, reports, _, _ = smoke
+    for name in plots.REPORT_FIGURES:
+        for ext in ("png", "svg"):
+            path = reports / "smoke" / "figures" / f"{name}.{ext}"
+            assert path.exists() and path.stat().st_size > 2000, path
+
+
+def test_smoke_html_report(smoke):
+    _, reports, _, _ = smoke
+    html = (reports / "smoke" / "report.html").read_text()
+    assert "<table" in html and "mobilenet_v1-2of4" in html and "paper top-1" in html
+    assert "Scale." in html and "data:image/png;base64" in html
+    assert "Traceback" not in html
+    executed = nbformat.read(str(reports / "smoke" / "report.ipynb"), as_version=4)
+    assert not [o for c in executed.cells for o in c.get("outputs", [])
+                if o.get("output_type") == "error"]
+
+
+def test_smoke_runs_load_into_pandas(smoke):
+    runs, _, _, _ = smoke
+    res = results.load("smoke", runs)
+    assert len(res.runs) == 4 and res.runs["finished"].all()
+    assert res.runs["best_top1"].between(0, 100).all()
+    assert set(res.epochs["epoch"]) == {0, 1} and len(res.epochs) == 8
+    maxq = res.epochs[res.epochs["method"] == results.MAXQ]
+    assert list(maxq.groupby("run")["nm_share"].last()) == [1.0, 1.0]
+    assert len(res.layers) > 0 and res.layers["nm_share"].between(0, 1).all()
+
+
+def test_smoke_rerun_skips_everything(smoke):
+    runs, reports, _, _ = smoke
+    done = subprocess.run(
+        [sys.executable, "-m", "maxq", "batch", "smoke", "--runs-root", str(runs),
+         "--reports-root", str(reports), "--no-report"], cwd=ROOT, capture_output=True,
+        text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "0 done, 4 skipped, 0 failed" in done.stdout
+    lines = batch.read_status("smoke", runs)
+    assert {line["state"] for line in lines.values()} == {"skipped"}
+    assert all(float(line["seconds"]) > 0 for line in lines.values())   # kept from the run
+
+
+def test_masks_notebook_headless_renders_a_static_figure(smoke, tmp_path):
+    runs, _, _, _ = smoke
+    out = tmp_path / "masks.ipynb"
+    ok, error = batch.execute_notebook(ROOT / "notebooks" / "masks.ipynb", out,
+                                       {"study": "smoke", "runs_root": str(runs)},
+                                       log_path=tmp_path / "masks.log")
+    assert ok, error
+    assert has_image(out)
+    assert "layers:" in outputs_text(out)
+
+
+def test_report_command_alone(smoke, tmp_path):
+    runs, _, _, _ = smoke
+    done = subprocess.run(
+        [sys.executable, "-m", "maxq", "report", "smoke", "--runs-root", str(runs),
+         "--reports-root", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "smoke" / "report.html").exists()
+
+
+# ----------------------------------------------------------------------------- a failing row
+FAILING = """
+[study]
+methods = ["SoftMaxQConv2DBN"]
+[defaults]
+set = "FashionMNIST"
+image_size = 16
+train_subset = 32
+val_subset = 32
+batch_size = 32
+epochs = 1
+increase_start = 0
+increase_end = 1
+device = "cpu"
+workers = 0
+[[rows]]
+id = "good"
+arch = "mobilenet_v1"
+N = 2
+M = 4
+[[rows]]
+id = "broken"
+arch = "mobilenet_v1"
+N = {n}
+M = 4
+"""
+
+
+def test_a_failing_row_does_not_stop_the_others_and_is_retried_alone(tmp_path, capsys):
+    study = tmp_path / "failing.toml"
+    study.write_text(FAILING.format(n=5))
+    runs = tmp_path / "runs"
+    result = batch.run_batch(study, runs=runs, report=False, progress=False)
+    states = {o.row.table_row: o.state for o in result.outcomes}
+    assert states == {"good": "done", "broken": "failed"}
+    status = batch.read_status("failing", runs)
+    broken = status["broken-SoftMaxQConv2DBN-s0"]
+    assert broken["state"] == "failed" and "N must be <= M" in broken["error"]
+    assert "\n" not in broken["error"] and broken["attempts"] == "1"
+    assert status["good-SoftMaxQConv2DBN-s0"]["state"] == "done"
+    printed = capsys.readouterr()
+    assert "N must be <= M" in printed.out + printed.err
+    assert (runs / "failing" / "broken-SoftMaxQConv2DBN-s0" / "row.ipynb").exists()
+
+    # the next call retries only the failed row
+    result = batch.run_batch(study, runs=runs, report=False, progress=False)
+    states = {o.row.table_row: o.state for o in result.outcomes}
+    assert states == {"good": "skipped", "broken": "failed"}
+    status = batch.read_status("failing", runs)
+    assert status["broken-SoftMaxQConv2DBN-s0"]["attempts"] == "2"
+    assert status["good-SoftMaxQConv2DBN-s0"]["state"] == "skipped"
+
+    # fixed in the study file: the retry succeeds, the finished row is still not re-run
+    study.write_text(FAILING.format(n=2))
+    result = batch.run_batch(study, runs=runs, report=False, progress=False)
+    states = {o.row.table_row: o.state for o in result.outcomes}
+    assert states == {"good": "skipped", "broken": "done"} and result.ok
+
+    # the study changed under a finished run: refused with a clear message, not overwritten
+    study.write_text(FAILING.format(n=2).replace("epochs = 1", "epochs = 2"))
+    before = (runs / "failing" / "good-SoftMaxQConv2DBN-s0" / records.RESULT).read_bytes()
+    result = batch.run_batch(study, runs=runs, report=False, progress=False)
+    assert {o.state for o in result.outcomes} == {"failed"}
+    assert all("written by another config" in o.error and "epochs" in o.error
+               for o in result.outcomes)
+    assert (runs / "failing" / "good-SoftMaxQConv2DBN-s0" / records.RESULT).read_bytes() == before
+    json.loads(before)

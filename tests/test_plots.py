@@ -1,0 +1,98 @@
+"""maxq.plots: one function per figure, DataFrames in, Figure out; PNG + SVG written atomically."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from maxq import plots, records, results  # noqa: E402
+from test_results import fake_study  # noqa: E402,F401  (fixture)
+
+
+@pytest.fixture()
+def res(fake_study):  # noqa: F811
+    path, root = fake_study
+    return results.load(path, root)
+
+
+def _check(fig: Figure, tmp_path, name: str) -> None:
+    assert isinstance(fig, Figure)
+    paths = plots.save_figure(fig, tmp_path / "figs" / name, close=True)
+    assert [p.suffix for p in paths] == [".png", ".svg"]
+    for p in paths:
+        assert p.stat().st_size > 1000
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in paths[1].read_bytes()[:2000]
+    assert not [p for p in paths[0].parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_every_report_figure_from_fake_runs(res, tmp_path):
+    focus = results.focus_runs(res)
+    run, snaps, layers = results.heatmap_selection(res)
+    start, end, epochs, chosen = results.study_window(res)
+    figures = {
+        "accuracy_vs_paper": plots.accuracy_vs_paper(res.runs),
+        "training_curves": plots.training_curves(res.epochs, res.runs),
+        "nm_share_per_layer": plots.nm_share_per_layer(res.layers, focus),
+        "flipped_per_layer": plots.flipped_per_layer(res.layers, focus),
+        "soft_histograms": plots.soft_histograms(res.layers, focus),
+        "mask_heatmaps": plots.mask_heatmaps(snaps, layers),
+        "schedule_curves": plots.schedule_curves(results.schedule_frame(start, end, epochs),
+                                                 chosen=chosen, window=(start, end)),
+        "ablation_bars": plots.ablation_bars(results.ablation_table(res)),
+    }
+    assert set(figures) == set(plots.REPORT_FIGURES)
+    for name, fig in figures.items():
+        _check(fig, tmp_path, name)
+
+
+def test_figures_have_the_expected_content(res):
+    fig = plots.accuracy_vs_paper(res.runs)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "paper (ImageNet)" in labels and "ours: MaxQ" in labels and "ours: SR-STE" in labels
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["resnet18-2of4", "mbv1-1of4"]
+    fig = plots.training_curves(res.epochs, res.runs)
+    first = fig.axes[0]
+    assert first.get_title() == "resnet18-2of4"
+    assert any(type(p).__name__ in ("Polygon", "Rectangle") for p in first.patches)  # window
+    fig = plots.nm_share_per_layer(res.layers, ["resnet18-2of4-SoftMaxQConv2DBN-s0"])
+    assert len(fig.axes[0].lines) == 3                 # one line per layer
+
+
+def test_empty_input_draws_a_placeholder(tmp_path):
+    empty = results.load("nothing", tmp_path)
+    for fig in (plots.accuracy_vs_paper(empty.runs), plots.training_curves(empty.epochs),
+                plots.nm_share_per_layer(empty.layers), plots.flipped_per_layer(empty.layers),
+                plots.soft_histograms(empty.layers), plots.mask_heatmaps({}),
+                plots.schedule_curves(pd.DataFrame()), plots.ablation_bars(
+                    results.ablation_table(empty))):
+        texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+        assert any("no" in t for t in texts)
+        _check(fig, tmp_path, "empty")
+
+
+def test_mask_matrix_and_block_view():
+    soft = np.zeros((2, 8, 3, 3), dtype=np.float32)
+    soft[:, 0:2] = 1.0                                 # in every block of 4: 2 kept in block 0
+    soft[:, 4:8] = 2.0                                 # block 1 dense
+    view = plots.mask_matrix(soft)
+    assert view.shape == (2, 72)
+    # (out, kh, kw, in): the 8 input channels of position (0, 0) come first
+    assert list(view[0, :8]) == [1, 1, 0, 0, 2, 2, 2, 2]
+    blocks = plots.block_view(soft != 0, 4)
+    assert blocks.shape == (2, 18)
+    assert list(blocks[0, :2]) == [2, 4]
+    fig = plots.mask_detail(soft != 0, soft, 4, title="t")
+    assert len(fig.axes) >= 4
+
+
+def test_save_figure_keeps_dots_in_names(tmp_path):
+    fig = plots.schedule_curves(results.schedule_frame(0, 4, 6), chosen="cos")
+    paths = plots.save_figure(fig, tmp_path / "layer1.0.conv1", close=True)
+    assert [p.name for p in paths] == ["layer1.0.conv1.png", "layer1.0.conv1.svg"]
