@@ -11,6 +11,11 @@ A run directory (``--save_dir``) holds::
     result.json      written last, when the run finished (see RESULT_KEYS)
     log.txt          human-readable log in the seed's style
 
+Epochs count from 0 everywhere (as in the seed's logs and ``maxq.schedules``): the ``epoch`` of a
+metrics/layers row, ``masks/epoch_000.npz`` (the masks after the first epoch), ``best_epoch`` and
+checkpoint.pth's ``epoch`` are the index ``t`` of the epoch just finished; ``epochs`` in result.json
+is the count of finished epochs.
+
 Every file is written atomically (temporary file in the same directory + ``os.replace``), so a run
 killed at any moment leaves either the old or the new version of a file, never half of one.
 Everything after training reads run directories only through this module.

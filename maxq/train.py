@@ -1,0 +1,1000 @@
+"""The training loop: ``train(config) -> run_dir``, ``evaluate(config)``, resume and DDP.
+
+Read it top to bottom like torchvision's ``references/classification/train.py``:
+:class:`TrainConfig` (every flag of the seed's ``pruning_train.py`` in snake_case, plus the kit's
+own), then the pieces of one run (device and processes, data, model, optimizer, one epoch of
+training, one pass of evaluation, checkpoints), then :func:`train` and :func:`evaluate`, which
+put them together.
+
+**Epochs are numbered from 0, as in the seed's logs and the schedules.** Training epoch ``t``
+(``t = 0 .. epochs-1``) runs with the dense fraction ``rho(t)`` of ``maxq.schedules.dense_fraction``
+and the learning rate ``lr_at(t)``. Every record uses that same ``t``: the ``epoch`` of a
+metrics.jsonl / layers.jsonl row is the epoch just finished, ``masks/epoch_000.npz`` holds the
+masks after the first epoch, ``best_epoch`` in result.json is a ``t``, and checkpoint.pth's
+``epoch`` is the last finished one (training resumes at ``epoch + 1``). ``result.json``'s
+``epochs`` is the count of finished epochs.
+
+Per epoch ``t``: reseed every RNG from ``(seed, t)``; set ``rho(t)`` on the sparse layers (0 for
+methods that are not incremental) and the learning rate; train (the sparse layers recompute their
+mask on every training forward; SR-STE decay after backward, after AMP unscale, before the
+step); evaluate (the stored mask, as the authors do); then, on rank 0, append the metrics.jsonl
+row and the layers.jsonl rows (``flipped`` is measured against the previous epoch's hard masks, or
+null for the first epoch), write the mask snapshot when ``t`` is a snapshot epoch (every
+``snapshot_epochs``-th, i.e. ``(t + 1) % k == 0``, or the listed ones; always the first and the
+last), best.pth when top-1 improved and finally checkpoint.pth. Every file goes through :mod:`maxq.records` (atomic).
+
+Reproducibility: on CPU the run is deterministic (``torch.use_deterministic_algorithms``, data
+order and augmentation are functions of ``(seed, epoch, rank)`` in :mod:`maxq.data`, the global
+RNGs are reseeded at the start of every epoch), so a run resumed after ``kill -9`` ends with the
+same metrics as an uninterrupted one. Checkpoints also carry the RNG states, restored on resume.
+
+Multi-GPU / multi-process: launched by ``torchrun`` (``WORLD_SIZE > 1``), each process joins the
+process group (nccl on CUDA, gloo on CPU), ``batch_size`` is the GLOBAL batch (each process takes
+``batch_size // world_size``), the data are sharded like ``DistributedSampler``, the model is
+wrapped in ``DistributedDataParallel`` and, by default (``sync_bn=None``), BatchNorm statistics are
+synchronised over the processes (``nn.SyncBatchNorm`` on CUDA, an all-reduce BatchNorm on CPU,
+where ``nn.SyncBatchNorm`` does not run) so that K processes compute what one process with the same
+global batch computes. Metrics are summed over ranks; only rank 0 writes files. The masks are
+computed on every rank from the same (all-reduced) weights, so they are identical: the final mask
+checksums of all ranks are stored in result.json (``mask_checksums``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from maxq import records
+
+IMAGENET_SETS = ("ImageNet", "ImageNetDali")
+DECAY_TYPES = ("v1",)
+DEVICES = ("auto", "cpu", "cuda")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+#: config fields that do not change what a run computes: a resume may differ in these
+NOT_FINGERPRINTED = frozenset({
+    "data", "save_dir", "resume", "overwrite", "evaluate", "workers", "progress", "print_freq",
+    "snapshot_epochs", "study", "row", "device", "channels_last", "deterministic",
+})
+
+
+# ============================================================================ configuration
+@dataclass
+class TrainConfig:
+    """Every option of a run. Seed flags keep their names in snake_case (``--no-bn-decay`` is
+    ``no_bn_decay``) and their defaults; ``None`` means "resolved from the rest" (see
+    :meth:`resolved`)."""
+
+    # data
+    data: str | None = None                  # DATA; optional for FashionMNIST (Debian's files)
+    set: str = "ImageNet"                    # --set
+    image_size: int | None = None            # None: the set's size (224 ImageNet, 32 CIFAR/FMNIST)
+    train_subset: int | None = None          # class-balanced subset sizes (seconds-scale runs)
+    val_subset: int | None = None
+    workers: int = 4                         # --workers / -j
+    # model and method
+    arch: str = "resnet18"                   # --arch / -a
+    small_input: bool | None = None          # None: the set's choice (True for 32 px sets)
+    conv_bn_type: str = "SoftMaxQConv2DBN"   # --conv-bn-type: the method
+    N: int = 2
+    M: int = 4
+    decay: float = 2e-4                      # SR-STE decay lambda
+    decay_type: str = "v1"
+    increase_start: int = 0                  # incremental window [start, end] in epochs
+    increase_end: int = 90
+    tau: float = 0.01
+    prune_schedule: str = "linear"
+    # optimisation
+    epochs: int = 120
+    batch_size: int = 256                    # GLOBAL batch (all processes together)
+    lr: float = 0.1
+    lr_policy: str = "cosine"                # per-epoch cosine | step (x0.1 every 30 epochs)
+    warmup_length: int = 0                   # epochs of linear warm-up
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    no_bn_decay: bool = False                # True: no weight decay on 1-D params (BN, biases)
+    label_smoothing: float | None = None     # None: 0.1 for ImageNet sets, 0 otherwise
+    seed: int = 0
+    # run directory
+    save_dir: str | None = None              # None: runs/<set>_<arch>_<method>_<N>of<M>_s<seed>
+    resume: bool | str = False               # True: save_dir/checkpoint.pth; or a checkpoint path
+    overwrite: bool = False                  # replace a finished/unfinished run in save_dir
+    evaluate: bool = False                   # only evaluate --pretrained (or the resume checkpoint)
+    pretrained: str | None = None            # weights to start from (or to evaluate)
+    # hardware
+    device: str = "auto"                     # auto | cpu | cuda
+    amp: str = "auto"                        # auto (bf16, else fp16, on CUDA; off on CPU) | ...
+    channels_last: bool | None = None        # None: on for CUDA
+    sync_bn: bool | None = None              # None: on when several processes
+    deterministic: bool | None = None        # None: on for CPU
+    # records
+    snapshot_epochs: int | list[int] | None = 10  # every k-th epoch, or a list; + first and last
+    print_freq: int = 100                    # log a seed-style line every k batches
+    progress: bool | None = None             # tqdm bar per epoch; None: when stderr is a terminal
+    study: str | None = None                 # free-form labels, written to config.json
+    row: str | None = None
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> "TrainConfig":
+        """Raise ``ValueError`` with one line for the first problem; return ``self``."""
+        from maxq import data as maxq_data, methods, models, schedules
+
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        need(self.set in maxq_data.DATASETS,
+             f"unknown --set {self.set!r}; choose one of {', '.join(maxq_data.DATASETS)}")
+        need(self.arch in models.ARCHS,
+             f"unknown --arch {self.arch!r}; choose one of {', '.join(models.ARCHS)}")
+        need(self.conv_bn_type in methods.METHODS,
+             f"unknown --conv-bn-type {self.conv_bn_type!r}; choose one of "
+             f"{', '.join(methods.METHODS)}")
+        need(self.prune_schedule in schedules.SCHEDULES,
+             f"unknown --prune-schedule {self.prune_schedule!r}; choose one of "
+             f"{', '.join(schedules.SCHEDULES)}")
+        for name, value, choices in (("--decay-type", self.decay_type, DECAY_TYPES),
+                                     ("--lr-policy", self.lr_policy, schedules.LR_SCHEDULES),
+                                     ("--device", self.device, DEVICES),
+                                     ("--amp", self.amp, AMP_MODES)):
+            need(value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+        for name in ("N", "M", "epochs", "batch_size", "print_freq"):
+            value = getattr(self, name)
+            need(is_int(value) and value >= 1, f"--{name.replace('_', '-')} must be an integer "
+                                               f">= 1; got {value!r}")
+        for name in ("workers", "increase_start", "increase_end", "warmup_length", "seed"):
+            value = getattr(self, name)
+            need(is_int(value) and value >= 0, f"--{name.replace('_', '-')} must be an integer "
+                                               f">= 0; got {value!r}")
+        need(self.N <= self.M, f"N must be <= M; got --N {self.N} --M {self.M}")
+        need(self.increase_start <= self.increase_end,
+             f"--increase-start ({self.increase_start}) must be <= --increase-end "
+             f"({self.increase_end})")
+        if methods.METHODS[self.conv_bn_type].incremental:
+            need(self.increase_end <= self.epochs,
+                 f"--increase-end ({self.increase_end}) must be <= --epochs ({self.epochs}) for "
+                 f"the incremental method {self.conv_bn_type}")
+        need(self.warmup_length <= self.epochs,
+             f"--warmup-length ({self.warmup_length}) must be <= --epochs ({self.epochs})")
+        for name, lo in (("lr", 0.0), ("tau", 0.0)):
+            value = getattr(self, name)
+            need(_is_number(value) and value > lo, f"--{name} must be > {lo:g}; got {value!r}")
+        for name in ("decay", "weight_decay"):
+            value = getattr(self, name)
+            need(_is_number(value) and value >= 0,
+                 f"--{name.replace('_', '-')} must be >= 0; got {value!r}")
+        need(_is_number(self.momentum) and 0 <= self.momentum < 1,
+             f"--momentum must be in [0, 1); got {self.momentum!r}")
+        need(not (self.nesterov and self.momentum == 0), "--nesterov True needs --momentum > 0")
+        need(self.label_smoothing is None
+             or (_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1),
+             f"--label-smoothing must be in [0, 1); got {self.label_smoothing!r}")
+        for name, lo in (("train_subset", 1), ("val_subset", 1), ("image_size", 8)):
+            value = getattr(self, name)
+            need(value is None or (is_int(value) and value >= lo),
+                 f"--{name.replace('_', '-')} must be an integer >= {lo}; got {value!r}")
+        _snapshot_epochs(self.snapshot_epochs, self.epochs)  # raises on a bad value
+        need(isinstance(self.resume, (bool, str, os.PathLike)),
+             f"--resume must be a flag or a checkpoint path; got {self.resume!r}")
+        if self.data not in (None, ""):
+            need(Path(self.data).expanduser().exists(),
+                 f"data directory does not exist: {self.data}")
+        elif self.set not in ("FashionMNIST",):
+            raise ValueError(f"--set {self.set} needs the DATA directory argument")
+        if self.pretrained is not None:
+            need(Path(self.pretrained).expanduser().is_file(),
+                 f"--pretrained checkpoint not found: {self.pretrained}")
+        if self.evaluate:
+            need(self.pretrained is not None or bool(self.resume),
+                 "--evaluate needs --pretrained PATH (or --resume)")
+        if self.device == "cuda":
+            need(torch.cuda.is_available(), "--device cuda but no CUDA device is available")
+        return self
+
+    # ------------------------------------------------------------------ resolution
+    def resolved(self, world_size: int = 1) -> "TrainConfig":
+        """A copy with every ``None``/``auto`` replaced by what the run will use."""
+        from maxq import data as maxq_data
+
+        device = self.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        amp = self.amp
+        if amp == "auto":
+            amp = "off" if device == "cpu" else (
+                "bf16" if torch.cuda.is_bf16_supported() else "fp16")
+        if device == "cpu" and amp != "off":
+            raise ValueError(f"--amp {amp} needs CUDA; on CPU training runs in float32 (--amp off)")
+        resume = self.resume
+        save_dir = self.save_dir
+        if isinstance(resume, (str, os.PathLike)) and not isinstance(resume, bool):
+            resume = str(Path(resume).expanduser())
+            if save_dir is None:
+                save_dir = str(Path(resume).parent)
+        if save_dir is None:
+            save_dir = str(Path("runs") / f"{self.set}_{self.arch}_{self.conv_bn_type}_"
+                                          f"{self.N}of{self.M}_s{self.seed}")
+        snapshots = self.snapshot_epochs
+        return dataclasses.replace(
+            self,
+            label_smoothing=float(self.label_smoothing if self.label_smoothing is not None
+                                  else (0.1 if self.set in IMAGENET_SETS else 0.0)),
+            small_input=bool(maxq_data.DATASETS[self.set].small_input
+                             if self.small_input is None else self.small_input),
+            device=device, amp=amp,
+            channels_last=bool(device == "cuda" if self.channels_last is None
+                               else self.channels_last),
+            sync_bn=bool(world_size > 1 if self.sync_bn is None else self.sync_bn),
+            deterministic=bool(device == "cpu" if self.deterministic is None
+                               else self.deterministic),
+            snapshot_epochs=list(snapshots) if isinstance(snapshots, (list, tuple)) else snapshots,
+            save_dir=str(save_dir), resume=resume,
+            progress=bool(sys.stderr.isatty() if self.progress is None else self.progress),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The resolved options that change what a run computes (compared on --resume)."""
+        return {k: v for k, v in self.to_dict().items() if k not in NOT_FINGERPRINTED}
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike, **overrides: Any) -> "TrainConfig":
+        """The configuration a run directory was trained with (``config.json``), with overrides."""
+        args = records.read_json(Path(run_dir) / records.CONFIG)["args"]
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{**{k: v for k, v in args.items() if k in known}, **overrides})
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _snapshot_epochs(spec: int | list[int] | None, epochs: int) -> set[int]:
+    """Epochs (0-based) whose masks are saved: ``spec`` (every k-th epoch, i.e. t with
+    (t + 1) % k == 0, or an explicit list), always plus the first and the last epoch."""
+    chosen = {0, epochs - 1}
+    if spec is None or spec == 0:
+        return chosen
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool) and spec > 0:
+        return chosen | {t for t in range(epochs) if (t + 1) % int(spec) == 0}
+    if isinstance(spec, (list, tuple)) and all(
+            isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in spec):
+        bad = [t for t in spec if not 0 <= t < epochs]
+        if bad:
+            raise ValueError(f"--snapshot-epochs {bad} outside 0..{epochs - 1} (epochs count "
+                             f"from 0)")
+        return chosen | {int(t) for t in spec}
+    raise ValueError(f"--snapshot-epochs must be a positive integer k (every k-th epoch) or a "
+                     f"list of epochs; got {spec!r}")
+
+
+# ============================================================================ processes, device
+@dataclass
+class Runtime:
+    """Where this process runs: its rank in the process group, its device, its precision."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp_dtype: torch.dtype | None = None     # autocast dtype, None when AMP is off
+    owns_group: bool = False                 # this call initialised the process group
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(device: str, amp: str) -> Runtime:
+    """Join the process group when launched by torchrun (``WORLD_SIZE > 1``), pick the device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    owns = False
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                **({"device_id": dev} if dev.type == "cuda" else {}))
+        owns = True
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    return Runtime(rank, world_size, local_rank, dev, amp_dtype, owns)
+
+
+def teardown_runtime(rt: Runtime) -> None:
+    if rt.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(rt: Runtime) -> None:
+    if rt.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(rt: Runtime, values: list[float]) -> list[float]:
+    """Sum a few numbers over all processes (float64)."""
+    if not rt.distributed:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def seed_everything(seed: int, *parts: int) -> None:
+    """Seed python, numpy and torch (all devices) from ``(seed, *parts)``."""
+    s = int(np.random.SeedSequence([int(seed), *map(int, parts)]).generate_state(1)[0])
+    random.seed(s)
+    np.random.seed(s)
+    torch.manual_seed(s)
+
+
+def rng_state() -> dict[str, Any]:
+    """RNG states in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ============================================================================ BatchNorm over ranks
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over the process group; the gradient is summed likewise (every rank's loss depends on
+    every rank's input through the statistics)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
+class _AllReduceBatchNorm:
+    """BatchNorm whose training statistics are all-reduced over the process group (autograd
+    flows through the all-reduce), for the gloo backend where ``nn.SyncBatchNorm`` does not run.
+    Two passes (mean, then centred sum of squares) like a single-process BatchNorm."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized()):
+            return super().forward(x)
+        all_reduce = _AllReduceSum.apply
+        dims = [d for d in range(x.dim()) if d != 1]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
+        total = all_reduce(torch.cat([x.sum(dims), count]))
+        n = total[-1]
+        mean = total[:-1] / n
+        centred = x - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dims)) / n
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                          else self.momentum)
+                unbiased = var.detach() * (n / (n - 1)).detach()
+                self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
+                self.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
+        return y
+
+
+_ALL_REDUCE_BN = {cls: type(f"AllReduce{cls.__name__}", (_AllReduceBatchNorm, cls), {})
+                  for cls in (nn.BatchNorm1d, nn.BatchNorm2d)}
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Synchronise BatchNorm over the process group: ``nn.SyncBatchNorm`` on CUDA, the all-reduce
+    BatchNorm above on CPU. Parameter and buffer names stay, so checkpoints are interchangeable."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for module in model.modules():
+        if type(module) in _ALL_REDUCE_BN:
+            module.__class__ = _ALL_REDUCE_BN[type(module)]
+    return model
+
+
+# ============================================================================ logging
+class RunLog:
+    """Seed-style log lines ``[YYYY-mm-dd HH:MM:SS] ...`` into log.txt and to stdout (rank 0)."""
+
+    def __init__(self, path: Path | None, enabled: bool = True):
+        self.path = path
+        self.enabled = enabled
+        self.bar = None  # a live tqdm bar: write through it so it is not torn
+
+    def __call__(self, message: str, echo: bool = True) -> None:
+        if not self.enabled:
+            return
+        stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        lines = [f"[{stamp}] {line}" for line in str(message).splitlines() or [""]]
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as handle:
+                handle.write("\n".join(lines) + "\n")
+        if echo:
+            if self.bar is not None:
+                for line in lines:
+                    self.bar.write(line)
+            else:
+                print("\n".join(lines), flush=True)
+
+
+class Meter:
+    """Running sums of loss and top-1/top-5 hits, kept on the device (no sync per step)."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss*n, hit1, hit5, n
+
+    @torch.no_grad()
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, target: torch.Tensor) -> None:
+        n = target.shape[0]
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hits = top.eq(target.view(-1, 1))
+        self.sums += torch.stack([loss.detach().double() * n, hits[:, :1].sum().double(),
+                                  hits.sum().double(), torch.tensor(n, dtype=torch.float64,
+                                                                    device=hits.device)])
+
+    def totals(self, rt: Runtime | None = None) -> dict[str, float]:
+        """Mean loss and top-1/top-5 in percent, summed over all processes when ``rt`` is given."""
+        values = self.sums.tolist()
+        if rt is not None:
+            values = all_reduce_sum(rt, values)
+        loss, hit1, hit5, n = values
+        n = max(n, 1.0)
+        return {"loss": loss / n, "top1": 100.0 * hit1 / n, "top5": 100.0 * hit5 / n,
+                "images": int(round(values[3]))}
+
+
+# ============================================================================ model and optimizer
+def build_model(cfg: TrainConfig, num_classes: int, in_channels: int,
+                pretrained: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Stock architecture, optional dense pretrained weights, then the method's sparse layers."""
+    from maxq import models, sparse
+
+    model = models.build(cfg.arch, num_classes, in_channels=in_channels,
+                         small_input=bool(cfg.small_input))
+    has_masks = pretrained is not None and any(k.endswith("weight_mask") for k in pretrained)
+    if pretrained is not None and not has_masks:
+        # dense weights go in before sparsify: the first masks (ASP's frozen one) come from them
+        _load_state(model, pretrained)
+    sparse.sparsify(model, cfg.conv_bn_type, cfg.N, cfg.M, tau=cfg.tau, seed=cfg.seed)
+    if pretrained is not None and has_masks:
+        _load_state(model, pretrained)
+    return model
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint (ours, the seed's ``{"state_dict": ...}`` or a bare
+    state dict), loaded with ``weights_only=True``; a DDP ``module.`` prefix is dropped."""
+    try:
+        obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint not found: {path}") from None
+    except Exception as exc:  # pickle/zip errors: say which file, in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot load checkpoint {path}: {first}") from None
+    state = obj
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                state = obj[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds no model state_dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """``load_state_dict`` whose mismatch is one line naming a few keys."""
+    result = model.load_state_dict(state, strict=False)
+    missing = result.missing_keys
+    if missing or result.unexpected_keys:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+        if result.unexpected_keys:
+            extra = result.unexpected_keys
+            parts.append(f"unexpected {', '.join(extra[:3])}" + (" ..." if len(extra) > 3 else ""))
+        raise ValueError(f"checkpoint does not fit --arch/--set/--conv-bn-type: {'; '.join(parts)}")
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD; with ``no_bn_decay`` the 1-D parameters (BatchNorm, biases) get no weight decay."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if cfg.no_bn_decay and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def dense_fraction(cfg: TrainConfig, epoch: int) -> float:
+    """rho(t) of the incremental schedule; 0 for methods that are not incremental."""
+    from maxq import methods, schedules
+
+    if not methods.METHODS[cfg.conv_bn_type].incremental:
+        return 0.0
+    return float(schedules.dense_fraction(epoch, cfg.increase_start, cfg.increase_end,
+                                          cfg.prune_schedule))
+
+
+def learning_rate(cfg: TrainConfig, epoch: int) -> float:
+    from maxq import schedules
+
+    return float(schedules.lr_at(float(epoch), cfg.lr, cfg.epochs, cfg.warmup_length,
+                                 kind=cfg.lr_policy))
+
+
+# ============================================================================ one epoch
+def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, loader, *, epoch: int, cfg: TrainConfig,
+                    rt: Runtime, log: RunLog, srste: bool) -> dict[str, float]:
+    """One pass over the training data; returns loss/top1/top5 (all processes) and timing."""
+    from maxq import sparse
+
+    model.train()
+    meter = Meter(rt.device)
+    steps = len(loader)
+    bar = None
+    if cfg.progress and rt.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="batch", leave=False,
+                   dynamic_ncols=True, file=sys.stderr)
+        log.bar = bar
+    start = time.perf_counter()
+    seen = 0
+    try:
+        for step, (images, target) in enumerate(loader):
+            images = images.to(rt.device, non_blocking=True)
+            target = target.to(rt.device, non_blocking=True)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with _autocast(rt):
+                output = model(images)
+                loss = criterion(output, target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)            # true gradients before the SR-STE term
+            if srste:
+                sparse.srste_decay_(model, cfg.decay)
+            scaler.step(optimizer)
+            scaler.update()
+            meter.update(loss, output.float(), target)
+            seen += target.shape[0] * rt.world_size
+            if (step + 1) % cfg.print_freq == 0 or step + 1 == steps:
+                so_far = meter.totals()
+                rate = seen / max(time.perf_counter() - start, 1e-9)
+                log(f"Epoch: [{epoch}][{step + 1}/{steps}]\tLoss {so_far['loss']:.4f}\t"
+                    f"Prec@1 {so_far['top1']:.3f}\tPrec@5 {so_far['top5']:.3f}\t"
+                    f"{rate:.1f} images/s", echo=bar is None)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{so_far['loss']:.3f}", top1=f"{so_far['top1']:.1f}",
+                                    img_s=f"{rate:.0f}", refresh=False)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+            log.bar = None
+    seconds = time.perf_counter() - start
+    stats = meter.totals(rt)
+    if not math.isfinite(stats["loss"]):
+        raise FloatingPointError(f"training loss is {stats['loss']} in epoch {epoch}; stopping "
+                                 f"before the checkpoint is overwritten")
+    stats["seconds"] = seconds
+    stats["images_per_s"] = stats["images"] / max(seconds, 1e-9)
+    return stats
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, criterion: nn.Module, loader, *, rt: Runtime,
+                   channels_last: bool = False, log: RunLog | None = None,
+                   print_freq: int = 100) -> dict[str, float]:
+    """Loss and top-1/top-5 (percent) over the validation data, summed over all processes; the
+    seed's ``Test: [i/n] ... Prec@1 ... Prec@5`` lines go to ``log``."""
+    model.eval()
+    meter = Meter(rt.device)
+    steps = len(loader)
+    for step, (images, target) in enumerate(loader):
+        images = images.to(rt.device, non_blocking=True)
+        target = target.to(rt.device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with _autocast(rt):
+            output = model(images)
+            loss = criterion(output.float(), target)
+        meter.update(loss, output.float(), target)
+        if log is not None and ((step + 1) % print_freq == 0):
+            so_far = meter.totals()
+            log(f"Test: [{step + 1}/{steps}]\tLoss {so_far['loss']:.4f}\t"
+                f"Prec@1 {so_far['top1']:.3f}\tPrec@5 {so_far['top5']:.3f}", echo=False)
+    stats = meter.totals(rt)
+    if log is not None:
+        log(f" * Prec@1 {stats['top1']:.3f} Prec@5 {stats['top5']:.3f} "
+            f"Error@1 {100 - stats['top1']:.3f}")
+    return stats
+
+
+def _autocast(rt: Runtime):
+    if rt.amp_dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=rt.device.type, dtype=rt.amp_dtype)
+
+
+# ============================================================================ run directory
+def _run_files(run_dir: Path) -> list[Path]:
+    names = (records.CONFIG, records.METRICS, records.LAYERS, records.CHECKPOINT, records.BEST,
+             records.RESULT, records.LOG)
+    files = [run_dir / n for n in names if (run_dir / n).exists()]
+    return files + sorted((run_dir / records.MASKS).glob("epoch_*.npz"))
+
+
+def plan_run_dir(cfg: TrainConfig) -> Path | None:
+    """Decide what to do with ``save_dir`` before anything is written: the checkpoint to resume
+    from (None: start afresh). Refuses (``ValueError``) to touch a finished or unfinished run
+    unless ``resume``/``overwrite`` says so."""
+    run_dir = Path(cfg.save_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--save_dir {run_dir} exists and is not a directory")
+    if cfg.overwrite:
+        return None
+    if records.is_finished(run_dir):
+        raise ValueError(f"{run_dir} holds a finished run ({records.RESULT}); nothing was "
+                         f"changed: use --overwrite to train it again or another --save_dir")
+    checkpoint = run_dir / records.CHECKPOINT
+    if isinstance(cfg.resume, str):
+        checkpoint = Path(cfg.resume)
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"--resume checkpoint not found: {checkpoint}")
+        if checkpoint.resolve().parent != run_dir.resolve():
+            raise ValueError(f"--resume {checkpoint} is not in --save_dir {run_dir}; pass "
+                             f"--save_dir {checkpoint.parent}")
+    if cfg.resume:
+        return checkpoint if checkpoint.is_file() else None
+    if _run_files(run_dir):
+        hint = "--resume to continue it" if checkpoint.is_file() else "--resume to restart it"
+        raise ValueError(f"{run_dir} holds an unfinished run; nothing was changed: use {hint} "
+                         f"or --overwrite to start again")
+    return None
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
+    """A checkpoint.pth (``weights_only=True``), refused when it was written by another config."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot load --resume checkpoint {path}: {first}") from None
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "epoch" not in ckpt:
+        raise ValueError(f"{path} is not a maxq training checkpoint")
+    stored, wanted = ckpt["config"], cfg.fingerprint()
+    diffs = [f"{k} {stored.get(k)!r} there, {wanted.get(k)!r} now"
+             for k in sorted(set(stored) | set(wanted)) if stored.get(k) != wanted.get(k)]
+    if diffs:
+        raise ValueError(f"--resume {path} was written by another configuration "
+                         f"({'; '.join(diffs[:4])}{' ...' if len(diffs) > 4 else ''}); "
+                         f"use --overwrite to start again")
+    return ckpt
+
+
+def _git_commit() -> dict[str, Any]:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                    cwd=root, capture_output=True, text=True,
+                                    timeout=10).stdout.strip()) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        commit, dirty = None, None
+    return {"commit": commit, "dirty": dirty}
+
+
+def run_environment(rt: Runtime) -> dict[str, Any]:
+    """Versions and device, for config.json."""
+    import torchvision
+
+    import maxq
+
+    device = {"type": rt.device.type, "world_size": rt.world_size,
+              "amp": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else "off",
+              "threads": torch.get_num_threads(), "host": platform.node(),
+              "cpu": platform.processor() or platform.machine()}
+    if rt.device.type == "cuda":
+        device["name"] = torch.cuda.get_device_name(rt.device)
+        device["capability"] = list(torch.cuda.get_device_capability(rt.device))
+    return {
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "torchvision": torchvision.__version__, "numpy": np.__version__,
+                     "maxq": maxq.__version__, "cuda": torch.version.cuda,
+                     "cudnn": (torch.backends.cudnn.version() if torch.cuda.is_available()
+                               else None)},
+        "git": _git_commit(),
+        "device": device,
+        "command": list(sys.argv),
+    }
+
+
+def mask_checksum(model: nn.Module) -> str:
+    """SHA-256 over every sparse layer's stored mask (names in order, float32 bytes)."""
+    from maxq import sparse
+
+    digest = hashlib.sha256()
+    for name, mask in sorted(sparse.current_masks(model).items()):
+        digest.update(name.encode())
+        digest.update(mask.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+# ============================================================================ train
+def train(config: TrainConfig) -> Path:
+    """Train (or, with ``config.evaluate``, only evaluate) one run; return its run directory."""
+    if config.evaluate:
+        evaluate(config)
+        return Path(config.resolved().save_dir)
+    from maxq import data as maxq_data, methods, sparse
+
+    config.validate()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg = config.resolved(world_size)
+    if cfg.batch_size % world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} (global) is not divisible by the "
+                         f"{world_size} processes")
+    resume_from = plan_run_dir(cfg)          # refuses before anything is written
+    run_dir = Path(cfg.save_dir)
+    rt = setup_runtime(cfg.device, cfg.amp)
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    try:
+        barrier(rt)                           # every rank has checked save_dir before rank 0 writes
+        torch.use_deterministic_algorithms(bool(cfg.deterministic), warn_only=True)
+        if rt.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not cfg.deterministic
+        seed_everything(cfg.seed)
+        spec = methods.METHODS[cfg.conv_bn_type]
+
+        # data (errors surface here, before anything is written)
+        loaders = maxq_data.build_loaders(
+            cfg.set, cfg.data, batch_size=cfg.batch_size // rt.world_size, workers=cfg.workers,
+            image_size=cfg.image_size, train_subset=cfg.train_subset, val_subset=cfg.val_subset,
+            seed=cfg.seed, distributed=rt.distributed, rank=rt.rank, world_size=rt.world_size,
+            device=str(rt.device), drop_last=True)
+
+        # model: weights from --pretrained, masks from sparsify, then DDP
+        pretrained = read_weights(cfg.pretrained) if cfg.pretrained else None
+        model = build_model(cfg, loaders.spec.num_classes, loaders.spec.in_channels, pretrained)
+        layer_table = sparse.describe(model)
+        checkpoint = load_checkpoint(resume_from, cfg) if resume_from is not None else None
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["state_dict"])
+        if cfg.sync_bn and rt.distributed:
+            model = convert_sync_batchnorm(model, rt.device)
+        model.to(rt.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        model_without_ddp = model
+        if rt.distributed:
+            # with synchronised BatchNorm every buffer (running statistics, masks) is computed
+            # alike on every rank: no need to broadcast rank 0's before each forward
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                broadcast_buffers=not cfg.sync_bn)
+        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        optimizer = build_optimizer(cfg, model_without_ddp)
+        scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+
+        # records: a fresh run starts with config.json; a resumed one forgets the lost epoch
+        log = RunLog(run_dir / records.LOG, enabled=rt.is_main)
+        start_epoch, best, wall_before, previous_hard = 0, None, 0.0, None
+        if rt.is_main:
+            if checkpoint is None:
+                for path in _run_files(run_dir):   # only with --overwrite or --resume of nothing
+                    path.unlink()
+                records.write_json(run_dir / records.CONFIG, {
+                    "args": cfg.to_dict(), **run_environment(rt),
+                    "method": dataclasses.asdict(spec),
+                    "data": {"set": cfg.set, "train_size": loaders.train_size,
+                             "val_size": loaders.val_size, "num_classes": loaders.spec.num_classes,
+                             "in_channels": loaders.spec.in_channels,
+                             "image_size": loaders.spec.image_size},
+                    "layers": layer_table, "started": datetime.now().isoformat(timespec="seconds"),
+                })
+        if checkpoint is not None:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            scaler.load_state_dict(checkpoint["scaler"])
+            start_epoch = int(checkpoint["epoch"]) + 1
+            best, wall_before = checkpoint["best"], float(checkpoint["wall_seconds"])
+            previous_hard = checkpoint["previous_hard"]
+            for name, state in checkpoint.get("sparse_rng", {}).items():
+                sparse.sparse_layers(model_without_ddp)[name].maxq.generator.set_state(state)
+            set_rng_state(checkpoint["rng"])
+            if rt.is_main:
+                for name in (records.METRICS, records.LAYERS):
+                    records.truncate_jsonl(run_dir / name, checkpoint["epoch"])
+                for epoch in records.mask_snapshot_epochs(run_dir):
+                    if epoch > checkpoint["epoch"]:
+                        (run_dir / records.MASKS / f"epoch_{epoch:03d}.npz").unlink()
+        log(f"{'resuming' if checkpoint else 'starting'} {run_dir} at epoch {start_epoch}: "
+            f"{cfg.arch} {cfg.conv_bn_type} {cfg.N}:{cfg.M} on {cfg.set} "
+            f"({loaders.train_size} train / {loaders.val_size} val images), {rt.device.type} x "
+            f"{rt.world_size}, amp {cfg.amp}")
+        log(sparse.format_table(layer_table))
+        if spec.incremental and cfg.increase_end >= cfg.epochs:
+            log(f"WARNING: --increase-end {cfg.increase_end} >= --epochs {cfg.epochs}: the last "
+                f"epoch still keeps dense blocks, the final model is not fully {cfg.N}:{cfg.M}")
+
+        snapshot_at = _snapshot_epochs(cfg.snapshot_epochs, cfg.epochs)
+        started = time.perf_counter()
+        last = None
+        for epoch in range(start_epoch, cfg.epochs):
+            seed_everything(cfg.seed, epoch)
+            loaders.train.set_epoch(epoch)
+            rho = dense_fraction(cfg, epoch)
+            sparse.set_dense_fraction(model_without_ddp, rho)
+            lr = learning_rate(cfg, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            epoch_start = time.perf_counter()
+            tr = train_one_epoch(model, criterion, optimizer, scaler, loaders.train, epoch=epoch,
+                                 cfg=cfg, rt=rt, log=log, srste=spec.sparse)
+            # without the DDP wrapper: ranks may hold different numbers of val batches
+            va = evaluate_model(model_without_ddp, criterion, loaders.val, rt=rt,
+                                channels_last=bool(cfg.channels_last), log=log,
+                                print_freq=cfg.print_freq)
+            seconds = time.perf_counter() - epoch_start
+            layer_stats, hard = sparse.mask_stats(model_without_ddp, previous_hard)
+            nm_share = sparse.nm_share(model_without_ddp)
+            last = {"top1": va["top1"], "top5": va["top5"], "epoch": epoch}
+            improved = best is None or va["top1"] > best["top1"]
+            if improved:
+                best = dict(last)
+            if rt.is_main:
+                records.append_jsonl(run_dir / records.METRICS, [{
+                    "epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_top1": tr["top1"],
+                    "train_top5": tr["top5"], "val_loss": va["loss"], "val_top1": va["top1"],
+                    "val_top5": va["top5"], "seconds": seconds,
+                    "images_per_s": tr["images_per_s"], "nm_share": nm_share}])
+                records.append_jsonl(run_dir / records.LAYERS, [
+                    {"epoch": epoch, "layer": name, **stats}
+                    for name, stats in layer_stats.items()])
+                if epoch in snapshot_at and layer_stats:
+                    records.save_mask_snapshot(run_dir, epoch,
+                                               sparse.current_masks(model_without_ddp))
+                if improved:
+                    records.save_torch(run_dir / records.BEST, {
+                        "state_dict": model_without_ddp.state_dict(), "epoch": epoch,
+                        "top1": va["top1"], "top5": va["top5"], "arch": cfg.arch,
+                        "config": cfg.fingerprint()})
+                records.save_torch(run_dir / records.CHECKPOINT, {
+                    "state_dict": model_without_ddp.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                    "epoch": epoch, "best": best, "last": last, "config": cfg.fingerprint(),
+                    "wall_seconds": wall_before + time.perf_counter() - started,
+                    "rng": rng_state(), "previous_hard": hard,
+                    "sparse_rng": {name: m.maxq.generator.get_state() for name, m in
+                                   sparse.sparse_layers(model_without_ddp).items()
+                                   if m.maxq.generator is not None},
+                })
+            previous_hard = hard
+            log(f"Epoch [{epoch}/{cfg.epochs}] lr {lr:.5f} rho {rho:.3f} | train Loss "
+                f"{tr['loss']:.4f} Prec@1 {tr['top1']:.3f} Prec@5 {tr['top5']:.3f} | val Loss "
+                f"{va['loss']:.4f} Prec@1 {va['top1']:.3f} Prec@5 {va['top5']:.3f} | N:M share "
+                f"{'-' if nm_share is None else f'{nm_share:.3f}'} | {seconds:.1f} s, "
+                f"{tr['images_per_s']:.1f} images/s")
+            barrier(rt)
+
+        # result.json: the run is finished
+        if last is None:                      # resumed a checkpoint of the last epoch
+            last = checkpoint["last"]
+        checksums = [mask_checksum(model_without_ddp)]
+        if rt.distributed:
+            gathered: list[Any] = [None] * rt.world_size
+            dist.all_gather_object(gathered, checksums[0])
+            checksums = gathered
+        if len(set(checksums)) > 1:
+            log(f"WARNING: the masks differ between processes: {checksums}")
+        result = {"best_top1": best["top1"], "best_top5": best["top5"],
+                  "best_epoch": best["epoch"], "last_top1": last["top1"],
+                  "last_top5": last["top5"], "epochs": cfg.epochs,
+                  "wall_seconds": wall_before + time.perf_counter() - started,
+                  "world_size": rt.world_size, "mask_checksums": checksums}
+        if rt.is_main:
+            records.write_json(run_dir / records.RESULT, result)
+        log(f"finished: best Prec@1 {best['top1']:.3f} Prec@5 {best['top5']:.3f} (epoch "
+            f"{best['epoch']}), last Prec@1 {last['top1']:.3f} Prec@5 {last['top5']:.3f}; "
+            f"{run_dir}")
+        barrier(rt)
+        return run_dir
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+        teardown_runtime(rt)
+
+
+# ============================================================================ evaluate
+def evaluate(config: TrainConfig) -> dict[str, float]:
+    """The seed's ``--evaluate --pretrained PATH``: top-1/top-5 of those weights on the
+    validation data (the resume checkpoint when no ``pretrained``). Writes nothing but log lines
+    (appended to ``save_dir/log.txt`` when ``save_dir`` is given)."""
+    from maxq import data as maxq_data, sparse
+
+    config.validate()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cfg = config.resolved(world_size)
+    weights_path = cfg.pretrained
+    if weights_path is None:
+        weights_path = cfg.resume if isinstance(cfg.resume, str) else str(
+            Path(cfg.save_dir) / records.CHECKPOINT)
+    rt = setup_runtime(cfg.device, cfg.amp)
+    try:
+        seed_everything(cfg.seed)
+        loaders = maxq_data.build_loaders(
+            cfg.set, cfg.data, batch_size=max(1, cfg.batch_size // rt.world_size),
+            workers=cfg.workers, image_size=cfg.image_size, train_subset=cfg.train_subset,
+            val_subset=cfg.val_subset, seed=cfg.seed, distributed=rt.distributed, rank=rt.rank,
+            world_size=rt.world_size, device=str(rt.device), drop_last=False)
+        model = build_model(cfg, loaders.spec.num_classes, loaders.spec.in_channels,
+                            read_weights(weights_path))
+        model.to(rt.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        log = RunLog(Path(config.save_dir) / records.LOG if config.save_dir else None,
+                     enabled=rt.is_main)
+        log(f"evaluating {weights_path}: {cfg.arch} {cfg.conv_bn_type} {cfg.N}:{cfg.M} on "
+            f"{cfg.set} ({loaders.val_size} val images)")
+        log(sparse.format_table(sparse.describe(model)))
+        criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        return evaluate_model(model, criterion, loaders.val, rt=rt,
+                              channels_last=bool(cfg.channels_last), log=log,
+                              print_freq=cfg.print_freq)
+    finally:
+        teardown_runtime(rt)
