@@ -1,0 +1,674 @@
+"""Pure N:M and MaxQ mask math (docs/method.md §1–§5). Tensors in, tensors out.
+
+Notation (method.md): ``A = |W|`` (float32, no gradient). For a conv weight ``(Co, Ci, kh, kw)``
+an N:M **block** is M consecutive input channels at a fixed ``(out, kh, kw)``; block ``g`` is
+numbered in the order of ``A.permute(0, 2, 3, 1).reshape(G, M)``, i.e. ``(co, h, w, ci // M)``.
+A linear weight ``(out, in)`` has blocks of M consecutive inputs, ``A.reshape(G, M)``.
+
+* ``B``   hard N:M mask: 1 on the N largest ``A`` of every block.
+* ``Q``   axis query on a 2-D view ``X`` (R rows of L entries): ``k = floor((M-N)·L/M)``
+          (exact integer arithmetic); with ``x(1) <= ... <= x(L)`` a row sorted ascending,
+          ``thr = (x(k) + x(k+1)) / 2``; ``H = 1`` on the ``L-k`` largest entries;
+          ``Q = H ⊙ sigmoid((x - thr) / tau)``.  Filter axis: ``X = A.reshape(Co, Ci·kh·kw)``;
+          kernel axis (only when ``kh·kw > 1``): ``X = A.reshape(Co·Ci, kh·kw).T``.
+* ``S = B ⊙ ((1 + Q_filter) + Q_kernel)``, evaluated in float32 in exactly that order
+  (``Q_kernel = 0`` for 1x1 convs and linears).
+* Incremental sparsity: the ``floor(ρ·G)`` blocks with the smallest L1 norm keep ``B = 1``.
+  Block L1 is the float32 sum ``a_0 + a_1 + ... + a_{M-1}``, left to right.
+
+**Ties** (one rule everywhere): among equal values the **lower index wins**, i.e. is kept
+(in a block: the lower input channel; in a filter row: the lower flat ``(ci, h, w)`` index; in a
+kernel row: the lower ``co·Ci + ci``). Dense-block selection picks the lower block index ``g``
+first among equal L1 norms, for ``"smallest"`` and ``"largest"`` alike.
+
+**k = 0 edge**: for ``N < M`` every query has ``1 <= k < L`` (``L >= M``), so it cannot occur;
+``N == M`` returns a mask of ones without queries. ``axis_query`` still defines it: ``k = 0``
+keeps every entry and uses ``thr = x(1)`` (as if ``x(0) := x(1)``).
+
+Counts derived from fractions use ``floor(x + 1e-9)`` (so ``0.29 · 100`` gives 29, not 28).
+
+How it is fast (the mask is recomputed at every training step) while staying bit-identical to
+the sort-based reference (``tests/mask_reference.py``):
+
+* Block ranks by pairwise comparisons (small M): ``rank_j = #{i: a_i > a_j or (a_i == a_j and
+  i < j)}``, kept iff ``rank_j < N``; no sort.
+* Row order statistics ``x(k), x(k+1)`` without sorting rows: a per-row window ``[lo, hi]``
+  is *verified* by counting, per chunk of the row, the entries below ``lo`` and above ``hi``
+  (two compare passes): if ``c_lo = #(x < lo) <= k-1`` and ``#(x > hi) <= L-k-1`` both
+  statistics are in the window, namely the ``(k - c_lo)``-th and next smallest in-window
+  entries, which are gathered from the few chunks holding any and sorted. Warm (``cache``),
+  the window comes from the previous call (weights move little per training step); cold, a
+  few counting rounds narrow a certified bracket (sample order statistics, then
+  interpolation of the empirical CDF). ``kthvalue`` is only a last resort. The result never
+  depends on the cache.
+* Composition without mask passes: ``Y = addcmul(-thr, A, B)`` is ``fl(A - thr)`` where B = 1
+  and ``-thr <= 0`` where B = 0; ``threshold_(Y, 0, -inf)`` then drops the pruned entries and the
+  ``k`` smallest (``x > thr`` iff ``fl(x - thr) > 0``, and when ``x(k) < thr < x(k+1)`` that
+  is exactly H; rows with ties or adjacent boundary floats are patched exactly); ``Y /= tau``;
+  ``sigmoid_`` (-inf -> exactly 0); ``S = (Y_f + B) + Y_k``. ``sigmoid`` is applied to whole,
+  identically laid-out tensors as in the reference, because torch's vectorised and scalar
+  sigmoid paths can differ in the last bit.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+AXES = ("soft", "hard", "none")
+SELECTIONS = ("smallest", "largest", "random")
+_CHUNK = 64          # entries per chunk when counting window hits
+_FILTER_CHUNK = 8    # entries per chunk on the (short) filter-axis rows
+
+__all__ = ["AXES", "SELECTIONS", "nm_mask", "maxq_mask", "axis_query", "block_l1",
+           "dense_blocks", "query_k"]
+
+
+# ----------------------------------------------------------------------------------------------
+# validation and small helpers
+# ----------------------------------------------------------------------------------------------
+def _check(weight, N, M, *, dense_fraction=0.0, tau=0.01, axis="soft", selection="smallest"):
+    """Validate arguments; return dense_fraction as float. Raises ValueError naming the argument."""
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if not weight.is_floating_point():
+        raise ValueError(f"weight must be a floating-point tensor, got dtype={weight.dtype}")
+    if weight.dim() not in (2, 4):
+        raise ValueError(f"weight must be 2-D (out, in) or 4-D (Co, Ci, kh, kw), "
+                         f"got shape {tuple(weight.shape)}")
+    for name, v in (("N", N), ("M", M)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{name} must be an int, got {v!r}")
+    if M < 1:
+        raise ValueError(f"M must be >= 1, got M={M}")
+    if not 1 <= N <= M:
+        raise ValueError(f"N must satisfy 1 <= N <= M, got N={N}, M={M}")
+    if weight.shape[1] % M:
+        raise ValueError(f"weight.shape[1]={weight.shape[1]} is not divisible by M={M}")
+    if axis not in AXES:
+        raise ValueError(f"axis must be one of {AXES}, got {axis!r}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    try:
+        df = float(dense_fraction)
+    except (TypeError, ValueError):
+        raise ValueError(f"dense_fraction must be a number in [0, 1], got {dense_fraction!r}")
+    if not 0.0 <= df <= 1.0:  # also rejects NaN
+        raise ValueError(f"dense_fraction must be in [0, 1], got {dense_fraction!r}")
+    if not float(tau) > 0.0:
+        raise ValueError(f"tau must be > 0, got {tau!r}")
+    return df
+
+
+def _floor(x: float) -> int:
+    """floor with a 1e-9 guard against float round-off (0.29 * 100 -> 29)."""
+    return int(math.floor(x + 1e-9))
+
+
+def query_k(L: int, N: int, M: int) -> int:
+    """Number of dropped entries of a query row: k = floor((M - N) · L / M), exact."""
+    return (M - N) * L // M
+
+
+def _gen_device(generator, like: torch.Tensor) -> torch.device:
+    """Device for random draws: the generator's own device, else that of ``like``."""
+    return generator.device if generator is not None else like.device
+
+
+def _buffer(cache, name, shape, like: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """Scratch tensor; reused from ``cache`` between calls (saves page faults), else new."""
+    if cache is None:
+        return torch.empty(shape, dtype=dtype, device=like.device)
+    ws = cache.setdefault("workspace", {})
+    buf = ws.get(name)
+    if buf is None or buf.shape != torch.Size(shape) or buf.dtype != dtype or buf.device != like.device:
+        buf = ws[name] = torch.empty(shape, dtype=dtype, device=like.device)
+    return buf
+
+
+def _magnitudes(weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """A = |W| in float32, contiguous, detached."""
+    w = weight.detach()
+    if w.dtype == torch.float32 and w.is_contiguous() and out is not None:
+        return torch.abs(w, out=out)
+    return w.abs().to(torch.float32).contiguous()
+
+
+def _block_view(A: torch.Tensor, M: int) -> torch.Tensor:
+    """View of A as (Co, Ci/M, M, kh·kw): element j of every block is ``[:, :, j, :]``."""
+    return A.view(A.shape[0], A.shape[1] // M, M, -1)
+
+
+def _count(mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Exact counts of a float 0/1 tensor along ``dim`` (float32 is exact below 2**24)."""
+    dtype = torch.float32 if mask.shape[dim] < 2 ** 24 else torch.float64
+    return mask.sum(dim, dtype=dtype)
+
+
+def _ninf(like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(-math.inf, device=like.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# hard N:M mask
+# ----------------------------------------------------------------------------------------------
+def _block_keep(A: torch.Tensor, n_keep: int, M: int, out: torch.Tensor | None = None,
+                cache: dict | None = None) -> torch.Tensor:
+    """Float 0/1 in block view (Co, Ci/M, M, kh·kw): 1 on the ``n_keep`` largest of every
+    block; ties: the lower index is kept.
+
+    * M = 4: a min/max network gives every block's ``n_keep``-th and next largest values
+      t_n >= t_n1; ``a >= t_n`` keeps exactly ``n_keep`` entries when t_n > t_n1. Blocks with
+      t_n == t_n1 (ties) are redone by rank counting.
+    * other M <= 8 with ``n_keep >= M/2``: rank counting (:func:`_rank_keep`).
+    * otherwise ``n_keep`` rounds: the block maximum wins (the first maximal index among ties),
+      then is masked out.
+    """
+    A4 = _block_view(A, M)
+    if out is None:
+        out = torch.empty(A4.shape, dtype=torch.float32, device=A.device)
+    keep = out.view(A4.shape)
+    if n_keep >= M:
+        return keep.fill_(1.0)
+    if M == 4:
+        t_n, t_n1 = _network4(A4, n_keep, cache)
+        tie = torch.eq(t_n, t_n1, out=_buffer(cache, "tie", t_n.shape, A, torch.bool))
+        # (an explicitly expanded view iterates faster than implicit broadcasting here)
+        torch.ge(A4, t_n.unsqueeze(2).expand(A4.shape), out=keep)
+        if int(tie.view(torch.uint8).max()):                     # (faster than tie.any())
+            idx = tie.nonzero(as_tuple=True)                     # (co, block, position)
+            blocks = A4[idx[0], idx[1], :, idx[2]]               # (n, M)
+            kept = _rank_keep(list(blocks.unbind(1)), n_keep)
+            keep[idx[0], idx[1], :, idx[2]] = torch.stack(kept, 1).to(keep.dtype)
+        return keep
+    if M <= 8 and 2 * n_keep >= M and n_keep > 1:
+        cols = [A4[:, :, j, :] for j in range(M)]
+        for j, kj in enumerate(_rank_keep(cols, n_keep, cache)):
+            keep[:, :, j, :].copy_(kj)
+        return keep
+    keep.zero_()
+    work = A4
+    for _ in range(n_keep):
+        top = _block_max(work)                                   # (Co, Ci/M, 1, kh·kw)
+        won = torch.ge(work, top.expand(work.shape))
+        many = won.sum(2, keepdim=True, dtype=torch.uint8) > 1   # ties for the maximum
+        if int(many.view(torch.uint8).max()):                    # first maximal index wins
+            idx = many.squeeze(2).nonzero(as_tuple=True)
+            first = work[idx[0], idx[1], :, idx[2]].argmax(1)
+            row = torch.zeros(first.numel(), M, dtype=torch.bool, device=A.device)
+            row[torch.arange(first.numel(), device=A.device), first] = True
+            won[idx[0], idx[1], :, idx[2]] = row
+        keep.add_(won)
+        if n_keep > 1:                        # |w| >= 0, so a winner never wins again
+            work = work.masked_fill(won, -1.0)
+    return keep
+
+
+def _block_max(A4: torch.Tensor) -> torch.Tensor:
+    """Maximum over dim 2 of (Co, Ci/M, M, P), as a (Co, Ci/M, 1, P) tensor: a halving tree of
+    elementwise maximums when M is a power of two (faster than a strided reduction)."""
+    m = A4
+    while m.shape[2] > 1 and m.shape[2] % 2 == 0:
+        h = m.shape[2] // 2
+        m = torch.maximum(m[:, :, :h], m[:, :, h:])
+    return m if m.shape[2] == 1 else m.amax(2, keepdim=True)
+
+
+def _network4(A4: torch.Tensor, n_keep: int, cache):
+    """n-th and (n+1)-th largest of every 4-block (min/max network), each (Co, Ci/4, kh·kw)."""
+    a0, a1, a2, a3 = (A4[:, :, j, :] for j in range(4))
+    shape = a0.shape
+    h01, l01, h23, l23 = (_buffer(cache, f"net{i}", shape, A4) for i in range(4))
+    torch.maximum(a0, a1, out=h01)
+    torch.minimum(a0, a1, out=l01)
+    torch.maximum(a2, a3, out=h23)
+    torch.minimum(a2, a3, out=l23)
+    if n_keep == 1:                                   # largest, second largest
+        second = torch.maximum(torch.minimum(h01, h23), torch.maximum(l01, l23))
+        return torch.maximum(h01, h23, out=h01), second
+    # P = min(h01, h23), Q = max(l01, l23): second = max(P, Q), third = min(P, Q)
+    P = torch.minimum(h01, h23)
+    Q = torch.maximum(l01, l23)
+    third = torch.minimum(P, Q, out=h23)
+    if n_keep == 2:
+        return torch.maximum(P, Q, out=h01), third
+    return third, torch.minimum(l01, l23, out=l01)     # third, smallest
+
+
+def _rank_keep(cols, n_keep: int, cache=None):
+    """Kept indicator (uint8 0/1) of every column of blocks given as a list of M columns.
+
+    ``rank_j = #{i: a_i > a_j or (a_i == a_j and i < j)}``; kept iff ``rank_j < n_keep``. For
+    i < j the one comparison ``c = a_i >= a_j`` says "i beats j" (c) and "j beats i" (1 - c).
+    Ranks are uint8, start at ``M-1-j`` (as if j lost to every later entry), and
+    ``rank_j += c; rank_i -= c``."""
+    M, shape, like = len(cols), cols[0].shape, cols[0]
+    rank = [_buffer(cache, f"rank{j}", shape, like, torch.uint8).fill_(M - 1 - j)
+            for j in range(M)]
+    c = _buffer(cache, "beats", shape, like, torch.bool)
+    cu = c.view(torch.uint8)
+    for i in range(M):
+        for j in range(i + 1, M):
+            torch.ge(cols[i], cols[j], out=c)
+            rank[j] += cu
+            rank[i] -= cu
+    # rank < n_keep  <=>  bit 7 of (rank - n_keep) mod 256, as ranks < M <= 128
+    return [r.sub_(n_keep).bitwise_right_shift_(7) for r in rank]
+
+
+def nm_mask(weight: torch.Tensor, N: int, M: int) -> torch.Tensor:
+    """Hard N:M mask B (method.md §2): 0/1, same shape and dtype as ``weight``.
+
+    Blocks are M consecutive input channels (dim 1) at fixed (out, kh, kw) for a conv weight
+    (Co, Ci, kh, kw), or M consecutive inputs for a linear weight (out, in). Each block keeps
+    its N largest |w|; among equal |w| the lower index is kept. ``N == M`` gives ones.
+    """
+    _check(weight, N, M)
+    A = _magnitudes(weight)
+    return _block_keep(A, N, M).view(weight.shape).to(weight.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# rows of a query axis
+# ----------------------------------------------------------------------------------------------
+class _FilterRows:
+    """Rows of a contiguous (R, L) tensor X: the filter axis (``A.view(Co, -1)``) or block L1
+    norms (R = 1). Chunk c of a row holds the entries c, c + nch, c + 2·nch, ... (C of them),
+    so that per-chunk sums add contiguous memory."""
+
+    def __init__(self, X: torch.Tensor, chunk: int = _CHUNK):
+        self.X = X
+        self.R, self.L = X.shape
+        self.C = math.gcd(self.L, chunk)
+        self.nch = self.L // self.C
+
+    def rows(self, idx=None) -> torch.Tensor:
+        return self.X if idx is None else self.X[idx]
+
+    def row_max(self) -> torch.Tensor:
+        return self.X.amax(1)
+
+    def counts(self, lo, hi, scratch):
+        """#(x < lo) and #(x > hi) per row (float32), lo, hi per row."""
+        b = scratch.view(-1)[: self.R * self.L].view(self.R, self.L)
+        torch.lt(self.X, lo[:, None], out=b)
+        c_lo = _count(b, 1)
+        torch.gt(self.X, hi[:, None], out=b)
+        return c_lo.float(), _count(b, 1).float()
+
+    def chunk_counts(self, lo, hi, scratch):
+        """#(x < lo) and #(x > hi) per chunk (float (R, nch)); lo, hi per row."""
+        b = scratch.view(-1)[: self.R * self.L].view(self.R, self.L)
+        torch.lt(self.X, lo[:, None], out=b)
+        s_lo = b.view(self.R, self.C, self.nch).sum(1)
+        torch.gt(self.X, hi[:, None], out=b)
+        return s_lo, b.view(self.R, self.C, self.nch).sum(1)
+
+    def gather(self, r, ch) -> torch.Tensor:
+        """(n, C) values of chunks (r, ch)."""
+        return self.X.view(self.R, self.C, self.nch)[r, :, ch]
+
+    def addcmul(self, A, B, thr, out):
+        """out <- -thr + A·B (row-wise thr)."""
+        torch.addcmul(-thr[:, None], A.view(self.R, self.L), B.view(self.R, self.L),
+                      out=out.view(self.R, self.L))
+
+    def gt(self, A, thr, out):
+        torch.gt(A.view(self.R, self.L), thr[:, None], out=out.view(self.R, self.L))
+
+    def rows_of(self, t: torch.Tensor, idx) -> torch.Tensor:
+        return t.view(self.R, self.L)[idx]
+
+    def set_rows(self, t: torch.Tensor, idx, values):
+        t.view(self.R, self.L)[idx] = values
+
+
+class _KernelRows:
+    """Kernel axis of a (Co, Ci, kh, kw) tensor: row p = spatial position (P = kh·kw rows),
+    entry e = co·Ci + ci, i.e. ``X[p, e] = A.view(-1)[e·P + p]``. Chunk c holds the entries
+    c·T .. c·T + T - 1. Per-row values are tiled to (T·P,) so that compares run over
+    contiguous memory."""
+
+    def __init__(self, A: torch.Tensor, chunk: int = _CHUNK):
+        self.A = A
+        self.P = A.shape[2] * A.shape[3]
+        self.E = A.shape[0] * A.shape[1]
+        self.R, self.L = self.P, self.E
+        self.C = math.gcd(self.E, chunk)
+        self.nch = self.E // self.C
+        self.flat = A.view(self.nch, self.C * self.P)
+
+    def rows(self, idx=None) -> torch.Tensor:
+        X = self.A.view(self.E, self.P).t()
+        return X if idx is None else X[idx]
+
+    def row_max(self) -> torch.Tensor:
+        return self.A.view(self.E, self.P).amax(0)
+
+    def _tiled(self, v):
+        return v.repeat(self.C)
+
+    def counts(self, lo, hi, scratch):
+        s_lo, s_hi = self.chunk_counts(lo, hi, scratch)
+        return _count(s_lo, 1).float(), _count(s_hi, 1).float()
+
+    def chunk_counts(self, lo, hi, scratch):
+        b = scratch.view(-1)[: self.E * self.P].view(self.flat.shape)
+        torch.lt(self.flat, self._tiled(lo), out=b)
+        s_lo = b.view(self.nch, self.C, self.P).sum(1).t()
+        torch.gt(self.flat, self._tiled(hi), out=b)
+        return s_lo, b.view(self.nch, self.C, self.P).sum(1).t()
+
+    def gather(self, r, ch) -> torch.Tensor:
+        return self.A.view(self.nch, self.C, self.P)[ch, :, r]
+
+    def addcmul(self, A, B, thr, out):
+        shape = self.flat.shape
+        torch.addcmul(-self._tiled(thr), A.view(shape), B.view(shape), out=out.view(shape))
+
+    def gt(self, A, thr, out):
+        shape = self.flat.shape
+        torch.gt(A.view(shape), self._tiled(thr), out=out.view(shape))
+
+    def rows_of(self, t: torch.Tensor, idx) -> torch.Tensor:
+        return t.view(self.E, self.P)[:, idx].t()
+
+    def set_rows(self, t: torch.Tensor, idx, values):
+        t.view(self.E, self.P)[:, idx] = values.t()
+
+
+# ----------------------------------------------------------------------------------------------
+# exact row order statistics
+# ----------------------------------------------------------------------------------------------
+def _kth_pair(X: torch.Tensor, k: int):
+    """(x(k), x(k+1)) of every row of X by two kthvalue calls (last resort)."""
+    return torch.kthvalue(X, k, dim=1).values, torch.kthvalue(X, k + 1, dim=1).values
+
+
+def _window_select(rows, k: int, lo, hi, scratch):
+    """(x(k), x(k+1), ok, n_in) of every row whose window [lo, hi] brackets both statistics.
+
+    ``ok``: ``c_lo = #(x < lo) <= k-1`` (so x(k) >= lo) and ``#(x > hi) <= L-k-1`` (so
+    x(k+1) <= hi). The window is counted per chunk; only chunks with in-window entries are
+    gathered; sorted by (row, value) (values >= 0, so their bit patterns sort like them), the
+    in-window entries hold x(k) at rank ``k - c_lo``. ``n_in``: in-window entries per row.
+    Rows that are not ok get garbage values."""
+    s_lo, s_hi = rows.chunk_counts(lo, hi, scratch)
+    c_lo = _count(s_lo, 1)
+    ok = (c_lo <= k - 1) & (_count(s_hi, 1) <= rows.L - k - 1)
+    r, ch = torch.nonzero((rows.C - s_lo).sub_(s_hi), as_tuple=True)
+    vals = rows.gather(r, ch)                                        # (n, C)
+    inside = (vals >= lo[r][:, None]) & (vals <= hi[r][:, None])
+    flat = inside.view(-1).nonzero().squeeze(1)
+    v, row = vals.view(-1)[flat], r[flat // rows.C]
+    v = v[torch.sort((row << 32) | v.view(torch.int32).to(torch.int64)).indices]
+    n_in = torch.bincount(row, minlength=rows.R)
+    if v.numel() < 2:
+        v = torch.zeros(2, dtype=v.dtype, device=v.device)
+    j = (torch.cumsum(n_in, 0) - n_in + (k - c_lo.long()) - 1).clamp(0, v.numel() - 2)
+    return v[j], v[j + 1], ok, n_in
+
+
+def _bracket_search(rows, k: int, scratch, rounds: int = 6):
+    """Exact (x(k), x(k+1)) of every row without a previous window (cold).
+
+    Keeps a certified bracket [blo, bhi] per row (``#(x < blo) <= k-1``, ``#(x > bhi) <=
+    L-k-1``; initially [0, max]). The first proposal comes from the order statistics of a
+    sample of ~sqrt(L) (64 .. 2048) entries of the row; later ones interpolate the empirical CDF inside the bracket
+    (position ± 1.5·sqrt(entries) + 2). Each round is one counting pass; a bound that verifies
+    replaces the bracket's. When rows have max(32, L/256) entries left on average (or after
+    ``rounds``), :func:`_window_select` extracts the statistics from the brackets; ``kthvalue``
+    is the last resort."""
+    R, L = rows.R, rows.L
+    X = rows.rows()
+    target = max(32, L // 256)                         # in-window entries per row to stop at
+    blo = torch.zeros(R, device=X.device)
+    bhi = torch.full((R,), math.inf, device=X.device)  # replaced by the row max if needed
+    n_lo = torch.zeros(R, device=X.device)             # #(x < blo)
+    n_hi = torch.zeros(R, device=X.device)             # #(x > bhi) (an estimate after a miss)
+    step = max(1, L // min(2048, max(64, math.isqrt(L))))
+    sample = torch.sort(X[:, ::step], dim=1).values
+    ns = sample.shape[1]
+    q = k / L
+    sd = math.sqrt(ns * q * (1 - q)) + 1
+    lo = sample[:, max(0, math.floor(q * ns - 3 * sd) - 1)]
+    hi = sample[:, min(ns - 1, math.ceil(q * ns + 3 * sd))]
+    for _ in range(rounds):
+        c_lo, c_hi = rows.counts(lo, torch.maximum(lo, hi), scratch)
+        ok_lo, ok_hi = c_lo <= k - 1, c_hi <= L - k - 1
+        blo, n_lo = torch.where(ok_lo, lo, blo), torch.where(ok_lo, c_lo, n_lo)
+        bhi, n_hi = torch.where(ok_hi, hi, bhi), torch.where(ok_hi, c_hi, n_hi)
+        above = c_lo >= k + 1                            # x(k+1) < lo
+        bhi = torch.where(above, torch.minimum(bhi, lo), bhi)
+        n_hi = torch.where(above, torch.maximum(n_hi, L - c_lo), n_hi)
+        below = c_hi >= L - k + 1                        # x(k) > hi
+        blo = torch.where(below, torch.maximum(blo, hi), blo)
+        n_lo = torch.where(below, torch.maximum(n_lo, L - c_hi), n_lo)
+        if bool(torch.isinf(bhi).any()):
+            bhi = torch.where(torch.isinf(bhi), rows.row_max(), bhi)
+        w = (L - n_lo - n_hi).clamp_min(1)
+        if float(w.mean()) <= target:
+            break
+        width = bhi - blo
+        pos = blo + width * ((k - n_lo - 0.5) / w).clamp(0, 1)
+        half = width * (1.5 * w.sqrt() + 2) / w
+        lo = torch.maximum(blo, pos - half)
+        hi = torch.minimum(bhi, pos + half)
+    vk, vk1, ok, n_in = _window_select(rows, k, blo, bhi, scratch)
+    bad = (~ok).nonzero().flatten()
+    if bad.numel():
+        vk[bad], vk1[bad] = _kth_pair(rows.rows(bad), k)
+    return vk, vk1, n_in
+
+
+def _order_stats(rows, k: int, state: dict | None, scratch):
+    """Exact (x(k), x(k+1)), 1 <= k < L, of every row; ``state`` (a dict, updated in place)
+    carries the window to the next call.
+
+    Warm: the window is ``[x(k) - m, x(k+1) + m]`` around the previous call's statistics, with
+    m = 4 spacings of the order statistics near the boundary + 8x a decaying maximum of the
+    per-call shift of thr; rows whose window misses are redone cold (and get a 4x wider
+    margin). Cold: :func:`_bracket_search`."""
+    R, L = rows.R, rows.L
+    warm = state is not None and "vk" in state and state["vk"].shape[0] == R
+    if not warm:
+        vk, vk1, n_in = _bracket_search(rows, k, scratch)
+        spacing = 4 * (vk1 - vk)
+    else:
+        lo = (state["vk"] - state["margin"]).clamp_min(0.0)
+        hi = state["vk1"] + state["margin"]
+        vk, vk1, ok, n_in = _window_select(rows, k, lo, hi, scratch)
+        spacing = (hi - lo) / n_in.clamp_min(1).to(lo.dtype)
+        bad = (~ok).nonzero().flatten()
+        if bad.numel():
+            sub = _FilterRows(rows.rows(bad).contiguous(), _FILTER_CHUNK)
+            vk[bad], vk1[bad], _ = _bracket_search(sub, k, scratch)
+    if state is not None:
+        thr = (vk + vk1) / 2
+        if warm:
+            shift = torch.maximum((thr - state["thr"]).abs(), 0.75 * state["shift"])
+            margin = 4 * spacing + 8 * shift
+            margin[bad] = 4 * state["margin"][bad] + 8 * shift[bad]
+        else:
+            shift = torch.zeros_like(thr)
+            margin = torch.maximum(spacing, (vk + vk1) * (4.0 / L))
+        state.update(vk=vk.clone(), vk1=vk1.clone(), thr=thr, shift=shift,
+                     margin=margin + 1e-30)
+    return vk, vk1
+
+
+def _keep_high(X: torch.Tensor, k: int, vk) -> torch.Tensor:
+    """Bool: the L-k largest entries of every row of X, ties at the boundary: lower index kept."""
+    H = X > vk[:, None]
+    need = (X.shape[1] - k) - H.sum(1)                  # boundary-valued entries still to keep
+    eq = X == vk[:, None]
+    return H | (eq & (eq.cumsum(1) <= need[:, None]))
+
+
+def _keep_low(X: torch.Tensor, k: int, vk) -> torch.Tensor:
+    """Bool: the k smallest entries of every row of X, ties at the boundary: lower index kept."""
+    D = X < vk[:, None]
+    need = k - D.sum(1)
+    eq = X == vk[:, None]
+    return D | (eq & (eq.cumsum(1) <= need[:, None]))
+
+
+def axis_query(X: torch.Tensor, k: int, tau: float = 0.01, hard: bool = False) -> torch.Tensor:
+    """Q on the rows of a 2-D X (plain, kthvalue-based): H ⊙ sigmoid((x - thr)/tau), or H.
+
+    k = 0 keeps every entry with thr = x(1)."""
+    if k == 0:
+        H = torch.ones(X.shape, dtype=torch.bool, device=X.device)
+        thr = X.amin(1)
+    else:
+        vk, vk1 = _kth_pair(X, k)
+        H, thr = _keep_high(X, k, vk), (vk + vk1) / 2
+    if hard:
+        return H.to(torch.float32)
+    return torch.sigmoid((X - thr[:, None]) / tau) * H
+
+
+# ----------------------------------------------------------------------------------------------
+# dense-block selection (incremental sparsity, §5)
+# ----------------------------------------------------------------------------------------------
+def block_l1(A: torch.Tensor, M: int) -> torch.Tensor:
+    """Block L1 norms of A = |W| in block order g: float32 a_0 + a_1 + ... left to right."""
+    A4 = _block_view(A, M)                           # (Co, Ci/M, M, khkw)
+    l1 = A4[:, :, 0, :].clone()
+    for j in range(1, M):
+        l1 += A4[:, :, j, :]
+    return l1.permute(0, 2, 1).reshape(-1)           # (Co, khkw, Ci/M) -> g order
+
+
+def dense_blocks(l1: torch.Tensor, n: int, selection: str = "smallest",
+                 generator: torch.Generator | None = None, state: dict | None = None,
+                 scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Bool (G,): the n blocks kept dense, from L1 norms in g order.
+
+    ``smallest`` / ``largest`` L1 (ties: lower g first) or ``random``
+    (``torch.randperm(G, generator=generator)[:n]``). ``state`` warm-starts the selection."""
+    G = l1.numel()
+    if selection == "random" or n <= 0 or n >= G:
+        sel = torch.zeros(G, dtype=torch.bool, device=l1.device)
+        if n >= G:
+            sel.fill_(True)
+        elif n > 0:
+            perm = torch.randperm(G, generator=generator, device=_gen_device(generator, l1))
+            sel[perm[:n].to(l1.device)] = True
+        return sel
+    rows = _FilterRows(l1.view(1, G))
+    k = n if selection == "smallest" else G - n
+    if scratch is None:
+        scratch = torch.empty(G, device=l1.device)
+    vk, _ = _order_stats(rows, k, state, scratch)
+    if selection == "smallest":
+        return _keep_low(rows.X, k, vk).view(G)
+    return _keep_high(rows.X, k, vk).view(G)
+
+
+def _apply_dense(B4: torch.Tensor, dense: torch.Tensor) -> None:
+    """B = 1 on the dense blocks (dense: bool in g order; B4: float block view)."""
+    Co, nb, _, P = B4.shape
+    d = dense.view(Co, P, nb).permute(0, 2, 1).unsqueeze(2).to(B4.dtype)
+    torch.maximum(B4, d, out=B4)
+
+
+# ----------------------------------------------------------------------------------------------
+# MaxQ soft mask
+# ----------------------------------------------------------------------------------------------
+def maxq_mask(weight: torch.Tensor, N: int, M: int, *, dense_fraction: float = 0.0,
+              tau: float = 0.01, axis: str = "soft", selection: str = "smallest",
+              progressive: bool = False, generator: torch.Generator | None = None,
+              cache: dict | None = None) -> torch.Tensor:
+    """MaxQ soft mask ``S = B ⊙ ((1 + Q_filter) + Q_kernel)`` (method.md §3–§5).
+
+    Args:
+        weight: (Co, Ci, kh, kw) conv or (out, in) linear weight; Ci (in) divisible by M.
+        N, M: keep N of every M consecutive input channels (1 <= N <= M; N == M gives ones).
+        dense_fraction: ρ; the floor(ρ·G) blocks picked by ``selection`` keep B = 1.
+        tau: sigmoid temperature on raw magnitudes.
+        axis: "soft" (sigmoid queries), "hard" (indicators H: S = B ⊙ (1 + H_f + H_k)),
+            "none" (S = B).
+        selection: which blocks are dense: "smallest" L1, "largest" L1 (inverse arm), "random".
+        progressive: progressive-N arm: every block prunes floor((M-N)·(1-ρ)) weights instead
+            of a share of blocks being dense.
+        generator: torch.Generator for selection="random".
+        cache: optional dict (one per layer) holding warm-start windows and scratch buffers
+            between calls; the output is identical with or without it.
+    Returns:
+        A new tensor S with the shape and dtype of ``weight``: 0 (pruned) or 1 .. 3 (kept).
+        Computed in float32. Ties: the lower index wins everywhere (module doc).
+    """
+    rho = _check(weight, N, M, dense_fraction=dense_fraction, tau=tau, axis=axis,
+                 selection=selection)
+    if N == M:
+        return torch.ones_like(weight)
+    if cache is not None:
+        signature = (tuple(weight.shape), str(weight.device), N, M)
+        if cache.get("signature") != signature:
+            cache.clear()
+            cache["signature"] = signature
+    shape = weight.shape
+    A = _magnitudes(weight, _buffer(cache, "A", shape, weight))
+    scratch = _buffer(cache, "scratch", shape, weight)
+
+    # hard mask B (with dense blocks, or progressive N)
+    Bf = torch.empty(shape, device=A.device) if axis == "none" else _buffer(cache, "B", shape, weight)
+    B4 = _block_view(Bf, M)
+    if progressive:
+        _block_keep(A, M - _floor((M - N) * (1.0 - rho)), M, B4, cache)
+    else:
+        _block_keep(A, N, M, B4, cache)
+        G = A.numel() // M
+        n_dense = min(G, _floor(rho * G))
+        if n_dense > 0:
+            state = None if cache is None else cache.setdefault("dense", {})
+            dense = dense_blocks(block_l1(A, M), n_dense, selection, generator, state, scratch)
+            _apply_dense(B4, dense)
+    if axis == "none":
+        return Bf.to(weight.dtype)
+
+    # axis queries
+    axes = [_FilterRows(A.view(shape[0], -1), _FILTER_CHUNK)]
+    if A.dim() == 4 and shape[2] * shape[3] > 1:
+        axes.append(_KernelRows(A))
+    terms = []
+    for i, rows in enumerate(axes):
+        state = None if cache is None else cache.setdefault(f"axis{i}", {})
+        k = query_k(rows.L, N, M)
+        vk, vk1 = _order_stats(rows, k, state, scratch)
+        Y = _buffer(cache, f"Y{i}", shape, weight) if i else torch.empty_like(A)
+        _axis_term(rows, A, Bf, k, vk, vk1, tau, axis == "hard", Y)
+        terms.append(Y)
+    S = terms[0].add_(Bf)                              # (Q_f + B): fresh tensor, returned
+    if len(terms) > 1:
+        S.add_(terms[1])
+    return S.to(weight.dtype)
+
+
+def _axis_term(rows, A, Bf, k, vk, vk1, tau, hard, Y) -> None:
+    """Y <- B ⊙ Q of one axis (B ⊙ H when hard).
+
+    Normal rows (x(k) < thr < x(k+1), thr not tiny): H is exactly ``x > thr``, and
+    ``fl(x - thr) > 0`` iff ``x > thr``; pruned entries give ``-thr <= 0``. Other rows (ties,
+    adjacent floats) are recomputed from the exact tie rule."""
+    thr = (vk + vk1) / 2
+    special = ((vk >= thr) | (thr >= vk1) | (thr < 1e-30)).nonzero().flatten()
+    if hard:
+        rows.gt(A, thr, Y)
+        Y.mul_(Bf)
+    else:
+        rows.addcmul(A, Bf, thr, Y)
+        F.threshold_(Y, 0.0, -math.inf)
+        Y.div_(tau)
+    if special.numel():
+        X = rows.rows(special)
+        H = _keep_high(X, k, vk[special]) & (rows.rows_of(Bf, special) > 0)
+        if hard:
+            vals = H.to(torch.float32)
+        else:
+            vals = torch.where(H, (X - thr[special][:, None]) / tau, _ninf(X))
+        rows.set_rows(Y, special, vals)
+    if not hard:
+        Y.sigmoid_()

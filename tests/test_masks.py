@@ -1,0 +1,358 @@
+"""Tests of maxq.masks against the sort-based reference (tests/mask_reference.py) and the
+properties of method.md §1–§5."""
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from mask_reference import blocks_of, reference_maxq_mask, reference_nm_mask  # noqa: E402
+
+from maxq.masks import maxq_mask, nm_mask  # noqa: E402
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    HAVE_HYPOTHESIS = True
+except ImportError:  # pragma: no cover
+    HAVE_HYPOTHESIS = False
+
+PATTERNS = [(2, 4), (1, 4), (2, 8), (1, 16)]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors on a shared 2-core machine: OpenMP barriers under load cost more than the
+    work, so run these tests single-threaded (results do not depend on it)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+SHAPES = {"conv3x3": (16, 32, 3, 3), "conv1x1": (24, 64, 1, 1), "linear": (20, 48)}
+
+
+def rand(shape, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g).to(dtype)
+
+
+def zeros_per_block(S, M):
+    return (blocks_of(S, M) == 0).sum(1)
+
+
+# ------------------------------------------------------------------------------------ nm_mask
+def check_nm_property(w, N, M):
+    B = nm_mask(w, N, M)
+    assert B.shape == w.shape and B.dtype == w.dtype
+    assert set(B.unique().tolist()) <= {0.0, 1.0}
+    blocks, keep = blocks_of(w.abs().float(), M), blocks_of(B, M).bool()
+    assert (keep.sum(1) == N).all()
+    if N < M:  # every kept |w| >= every dropped |w| of the same block
+        kept_min = torch.where(keep, blocks, torch.inf).amin(1)
+        drop_max = torch.where(keep, -torch.inf, blocks).amax(1)
+        assert (kept_min >= drop_max).all()
+    assert torch.equal(B.float(), reference_nm_mask(w, N, M))
+
+
+if HAVE_HYPOTHESIS:
+    @settings(max_examples=60, deadline=None)
+    @given(nm=st.sampled_from(PATTERNS + [(3, 4), (4, 8), (5, 8), (1, 2), (7, 16)]),
+           co=st.integers(1, 9), ci_blocks=st.integers(1, 5), k=st.sampled_from([0, 1, 3, 5]),
+           seed=st.integers(0, 2**31 - 1), ties=st.booleans())
+    def test_nm_property_random_shapes(nm, co, ci_blocks, k, seed, ties):
+        N, M = nm
+        shape = (co, ci_blocks * M) if k == 0 else (co, ci_blocks * M, k, k)
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randint(-2, 3, shape, generator=g).float() if ties else torch.randn(shape, generator=g)
+        check_nm_property(w, N, M)
+
+    @settings(max_examples=40, deadline=None)
+    @given(nm=st.sampled_from(PATTERNS + [(3, 4), (5, 8)]), co=st.integers(1, 6),
+           ci_blocks=st.integers(1, 4), k=st.sampled_from([0, 1, 3]),
+           df=st.sampled_from([0.0, 0.25, 0.5, 1.0]), axis=st.sampled_from(["soft", "hard", "none"]),
+           seed=st.integers(0, 2**31 - 1), ties=st.booleans())
+    def test_maxq_equals_reference_random_shapes(nm, co, ci_blocks, k, df, axis, seed, ties):
+        N, M = nm
+        shape = (co, ci_blocks * M) if k == 0 else (co, ci_blocks * M, k, k)
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randint(-2, 3, shape, generator=g).float() if ties else torch.randn(shape, generator=g)
+        assert torch.equal(maxq_mask(w, N, M, dense_fraction=df, axis=axis),
+                           reference_maxq_mask(w, N, M, dense_fraction=df, axis=axis))
+
+
+@pytest.mark.parametrize("N,M", PATTERNS + [(3, 4)])
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+def test_nm_property(N, M, shape):
+    for seed in range(3):
+        check_nm_property(rand(shape, seed), N, M)
+
+
+def test_nm_ties_lower_index_wins():
+    w = torch.tensor([[1.0, 1.0, 1.0, 1.0, 0.5, -2.0, 2.0, 0.1]])
+    assert nm_mask(w, 2, 4).tolist() == [[1, 1, 0, 0, 0, 1, 1, 0]]
+    assert nm_mask(w, 1, 4).tolist() == [[1, 0, 0, 0, 0, 1, 0, 0]]
+    assert nm_mask(w, 3, 4).tolist() == [[1, 1, 1, 0, 1, 1, 1, 0]]
+    # conv: the block runs along input channels at fixed (out, h, w)
+    wc = torch.ones(1, 4, 2, 2)
+    wc[0, 3, 1, 1] = 5.0
+    B = nm_mask(wc, 2, 4)
+    assert B[0, :, 0, 0].tolist() == [1, 1, 0, 0]
+    assert B[0, :, 1, 1].tolist() == [1, 0, 0, 1]
+
+
+def test_nm_dtype_and_dense():
+    w = rand((8, 16, 3, 3), dtype=torch.float16)
+    B = nm_mask(w, 2, 4)
+    assert B.dtype == torch.float16
+    assert torch.equal(B.float(), reference_nm_mask(w, 2, 4))
+    assert torch.equal(nm_mask(w, 4, 4), torch.ones_like(w))
+    assert torch.equal(maxq_mask(w, 4, 4), torch.ones_like(w))
+
+
+# ---------------------------------------------------------------------------------- maxq_mask
+@pytest.mark.parametrize("N,M", PATTERNS)
+@pytest.mark.parametrize("df", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+def test_maxq_equals_reference(N, M, df, shape):
+    for seed in range(2):
+        w = rand(shape, seed)
+        S = maxq_mask(w, N, M, dense_fraction=df)
+        assert torch.equal(S, reference_maxq_mask(w, N, M, dense_fraction=df))
+        # values: 0 or in [1, 3]; zero set of S == zero set of B (df = 0)
+        nz = S[S != 0]
+        assert ((nz >= 1) & (nz <= 3)).all()
+        if df == 0.0:
+            assert torch.equal(S != 0, nm_mask(w, N, M).bool())
+
+
+@pytest.mark.parametrize("axis", ["soft", "hard", "none"])
+@pytest.mark.parametrize("selection", ["smallest", "largest"])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_arms_equal_reference(axis, selection, progressive):
+    for shape, (N, M), df in itertools.product(SHAPES.values(), [(2, 4), (1, 16)], [0.0, 0.4]):
+        w = rand(shape, 7)
+        kw = dict(dense_fraction=df, axis=axis, selection=selection, progressive=progressive)
+        assert torch.equal(maxq_mask(w, N, M, **kw), reference_maxq_mask(w, N, M, **kw))
+
+
+def test_half_precision_computed_in_float32():
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        w = rand((16, 32, 3, 3), 3, dtype)
+        S = maxq_mask(w, 2, 4, dense_fraction=0.2)
+        assert S.dtype == dtype and S.shape == w.shape
+        assert torch.equal(S, reference_maxq_mask(w, 2, 4, dense_fraction=0.2))
+
+
+def test_soft_values_structure():
+    w = rand((16, 32, 3, 3), 1)
+    S = maxq_mask(w, 2, 4)
+    assert (S == 0).sum() == w.numel() // 2          # 2:4: half pruned, exactly B's zeros
+    assert (S == 1).any() and (S > 2).any() and S.max() <= 3
+    # kept and not boosted on either axis -> exactly 1
+    Sh = maxq_mask(w, 2, 4, axis="hard")
+    assert torch.equal(S == 1, Sh == 1)
+
+
+def test_hard_axis_values():
+    w = rand((16, 32, 3, 3), 2)
+    S = maxq_mask(w, 2, 4, axis="hard", dense_fraction=0.3)
+    assert set(S.unique().tolist()) <= {0.0, 1.0, 2.0, 3.0}
+    assert {2.0, 3.0} <= set(S.unique().tolist())
+    S1 = maxq_mask(rand((16, 32, 1, 1), 2), 2, 4, axis="hard")
+    assert set(S1.unique().tolist()) == {0.0, 1.0, 2.0}   # no kernel axis on 1x1
+
+
+def test_axis_none_is_B():
+    w = rand((16, 32, 3, 3), 4)
+    assert torch.equal(maxq_mask(w, 2, 4, axis="none"), nm_mask(w, 2, 4))
+
+
+def test_query_ties_lower_index_kept():
+    # all |w| equal: B keeps the first N of each block, H_f keeps the first L-k of each row
+    w = torch.ones(2, 8)
+    S = maxq_mask(w, 2, 4, axis="hard")
+    assert S.tolist() == [[2, 2, 0, 0, 1, 1, 0, 0]] * 2   # L=8, k=4: H_f on indices 0..3
+    wc = torch.ones(2, 4, 3, 3)                        # kernel rows: L = Co*Ci = 8, keep first 4
+    Sc = maxq_mask(wc, 2, 4, axis="hard")
+    assert torch.equal(Sc, reference_maxq_mask(wc, 2, 4, axis="hard"))
+    assert Sc[0, :2].eq(3).all() and Sc[1].max() <= 2   # out 0 wins both axes
+
+
+def test_dense_fraction_picks_smallest_l1():
+    w = rand((16, 32, 3, 3), 5)
+    M, G = 4, w.numel() // 4
+    l1 = blocks_of(w.abs(), M).sum(1)
+    for df, sel in itertools.product([0.1, 0.3, 0.77], ["smallest", "largest"]):
+        S = maxq_mask(w, 2, M, dense_fraction=df, selection=sel)
+        dense = zeros_per_block(S, M) == 0
+        assert dense.sum() == math.floor(df * G + 1e-9)
+        if sel == "smallest":
+            assert l1[dense].max() <= l1[~dense].min()
+        else:
+            assert l1[dense].min() >= l1[~dense].max()
+        # dense blocks still get the boost
+        assert (blocks_of(S, M)[dense] >= 1).all()
+    assert (maxq_mask(w, 2, M, dense_fraction=1.0) >= 1).all()
+
+
+def test_dense_block_ties_lower_index_first():
+    w = torch.ones(3, 8)                                 # 6 blocks with equal L1
+    S = maxq_mask(w, 2, 4, dense_fraction=0.5, axis="none")
+    assert (zeros_per_block(S, 4) == 0).tolist() == [True, True, True, False, False, False]
+    S = maxq_mask(w, 2, 4, dense_fraction=0.5, axis="none", selection="largest")
+    assert (zeros_per_block(S, 4) == 0).tolist() == [True, True, True, False, False, False]
+
+
+def test_random_selection():
+    w = rand((16, 32, 3, 3), 6)
+    G = w.numel() // 4
+
+    def run(seed):
+        S = maxq_mask(w, 2, 4, dense_fraction=0.3, selection="random",
+                      generator=torch.Generator().manual_seed(seed))
+        ref = reference_maxq_mask(w, 2, 4, dense_fraction=0.3, selection="random",
+                                  generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(S, ref)
+        return zeros_per_block(S, 4) == 0
+
+    d0, d0b, d1 = run(0), run(0), run(1)
+    assert d0.sum() == math.floor(0.3 * G)
+    assert torch.equal(d0, d0b) and not torch.equal(d0, d1)
+
+
+def test_progressive_n():
+    w = rand((16, 32, 3, 3), 8)
+    for (N, M), df in itertools.product([(2, 4), (1, 16), (2, 8)], [0.0, 0.3, 0.5, 1.0]):
+        S = maxq_mask(w, N, M, dense_fraction=df, progressive=True)
+        pruned = math.floor((M - N) * (1 - df) + 1e-9)
+        assert (zeros_per_block(S, M) == pruned).all()
+        assert torch.equal(S, reference_maxq_mask(w, N, M, dense_fraction=df, progressive=True))
+
+
+@pytest.mark.parametrize("kwargs,name", [
+    (dict(N=0, M=4), "N"), (dict(N=5, M=4), "N"), (dict(N=2, M=3), "M=3"),
+    (dict(N=2, M=4, axis="diag"), "axis"), (dict(N=2, M=4, selection="median"), "selection"),
+    (dict(N=2, M=4, dense_fraction=1.5), "dense_fraction"),
+    (dict(N=2, M=4, dense_fraction=-0.1), "dense_fraction"),
+    (dict(N=2, M=4, tau=0.0), "tau"),
+])
+def test_bad_inputs(kwargs, name):
+    w = rand((8, 16, 3, 3))
+    with pytest.raises(ValueError, match=name):
+        maxq_mask(w, **kwargs)
+
+
+def test_bad_weights():
+    with pytest.raises(ValueError, match=r"weight.shape\[1\]=18 is not divisible by M=4"):
+        nm_mask(torch.randn(8, 18), 2, 4)
+    with pytest.raises(ValueError, match="weight"):
+        nm_mask(torch.ones(8, 16, dtype=torch.int64), 2, 4)
+    with pytest.raises(ValueError, match="weight"):
+        maxq_mask(torch.randn(8, 16, 3), 2, 4)
+    with pytest.raises(ValueError, match="axis.*soft"):
+        maxq_mask(torch.randn(8, 16), 2, 4, axis="x")
+    with pytest.raises(ValueError, match="N"):
+        nm_mask(torch.randn(8, 16), 0, 4)
+
+
+# --------------------------------------------------------------------------------- warm start
+def _sgd_sequence(shape, steps, seed, jumps=()):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g) * 0.05
+    for t in range(steps):
+        yield w
+        if t in jumps:
+            w = torch.randn(shape, generator=g) * (0.05 if t % 2 else 3.0)   # large jump
+        else:
+            w = w + 1e-3 * torch.randn(shape, generator=g)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES.values()) + [(64, 64, 3, 3)],
+                         ids=list(SHAPES) + ["conv64"])
+@pytest.mark.parametrize("N,M,df", [(2, 4, 0.0), (2, 4, 0.3), (1, 16, 0.1), (2, 8, 0.0)])
+def test_cache_identical_over_sgd_steps(shape, N, M, df):
+    cache: dict = {}
+    for w in _sgd_sequence(shape, 12, seed=hash((shape, N, M)) % 1000, jumps=(5, 8)):
+        S = maxq_mask(w, N, M, dense_fraction=df, cache=cache)
+        assert torch.equal(S, maxq_mask(w, N, M, dense_fraction=df))
+        assert torch.equal(S, reference_maxq_mask(w, N, M, dense_fraction=df))
+
+
+def test_cache_tiny_steps_and_ties():
+    """Steps far smaller than the gaps, steps that create ties, and a changing dense fraction."""
+    cache: dict = {}
+    w = rand((32, 32, 3, 3), 11) * 0.05
+    for t in range(10):
+        if t == 4:
+            w = (w * 20).round() / 20                  # massive ties
+        elif t == 7:
+            w = torch.zeros_like(w)                    # all equal
+        else:
+            w = w + 1e-7 * torch.randn_like(w)
+        for df in (0.0, 0.2 + 0.05 * t):
+            S = maxq_mask(w, 2, 4, dense_fraction=df, cache=cache)
+            assert torch.equal(S, reference_maxq_mask(w, 2, 4, dense_fraction=df))
+
+
+def test_cache_survives_shape_and_argument_changes():
+    cache: dict = {}
+    for shape, (N, M), tau, axis in [((16, 32, 3, 3), (2, 4), 0.01, "soft"),
+                                     ((16, 32, 3, 3), (1, 4), 0.01, "soft"),
+                                     ((8, 32, 1, 1), (2, 4), 0.05, "hard"),
+                                     ((16, 32, 3, 3), (2, 4), 0.01, "soft")]:
+        w = rand(shape, 12)
+        S = maxq_mask(w, N, M, tau=tau, axis=axis, cache=cache)
+        assert torch.equal(S, reference_maxq_mask(w, N, M, tau=tau, axis=axis))
+
+
+# ------------------------------------------------------------------------ selection internals
+def _sorted_stats(X, k):
+    v = torch.sort(X, dim=1).values
+    return v[:, k - 1], v[:, k]
+
+
+@pytest.mark.parametrize("kind", ["filter", "kernel"])
+@pytest.mark.parametrize("data", ["normal", "ties", "zeros"])
+def test_order_stats_exact(kind, data):
+    """Cold bracket search and warm windows give exactly the sorted order statistics."""
+    import maxq.masks as mm
+    g = torch.Generator().manual_seed(3)
+    shape = (24, 64, 3, 3)
+    A = torch.randn(shape, generator=g).abs()
+    if data == "ties":
+        A = (A * 8).round() / 8
+    elif data == "zeros":
+        A[A < 0.7] = 0.0                                  # about half the entries are 0
+    scratch = torch.empty(shape)
+    state: dict = {}
+    for step in range(4):
+        rows = mm._FilterRows(A.view(shape[0], -1), 8) if kind == "filter" else mm._KernelRows(A)
+        X = rows.rows().contiguous()
+        for k in sorted({1, X.shape[1] // 4, X.shape[1] // 2, X.shape[1] - 1}):
+            vk, vk1 = mm._order_stats(rows, k, state if k == X.shape[1] // 2 else None, scratch)
+            ek, ek1 = _sorted_stats(X, k)
+            assert torch.equal(vk, ek) and torch.equal(vk1, ek1), (step, k)
+        A = (A + 1e-3 * torch.randn(shape, generator=g)).abs()
+
+
+def test_warm_path_is_used():
+    """After a small weight change the cached windows verify (no cold redo of any row)."""
+    import maxq.masks as mm
+    w = rand((64, 64, 3, 3), 9) * 0.05
+    cache: dict = {}
+    maxq_mask(w, 2, 4, cache=cache)
+    calls = []
+    orig = mm._bracket_search
+    mm._bracket_search = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    try:
+        w2 = w + 1e-5 * torch.randn_like(w)
+        S = maxq_mask(w2, 2, 4, cache=cache)
+    finally:
+        mm._bracket_search = orig
+    assert torch.equal(S, reference_maxq_mask(w2, 2, 4))
+    assert not calls
