@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STUDY ?= cpu
-JOBS ?= 1
+JOBS ?= 2
 
 .PHONY: setup study test benchmarks
 
