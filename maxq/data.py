@@ -494,7 +494,33 @@ def _single_thread(device: torch.device):
         torch.set_num_threads(n)
 
 
-class TensorLoader:
+class _EpochBatches:
+    """What every loader shares: ``set_epoch``, the indices a rank visits in an epoch (the
+    ``DistributedSampler`` order for training, a strided split for validation) and ``len()``.
+    Subclasses set ``train, batch_size, seed, rank, world_size, drop_last, epoch`` and define
+    ``dataset_size``."""
+
+    dataset_size: int
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self._epoch_set = True
+
+    def indices(self, epoch: int | None = None) -> list[int]:
+        n = self.dataset_size
+        if not self.train:
+            return _val_indices(n, self.rank, self.world_size)
+        e = self.epoch if epoch is None else epoch
+        return _train_indices(n, e, self.seed, self.rank, self.world_size, self.drop_last)
+
+    def __len__(self) -> int:
+        n = self.dataset_size
+        count = (_train_count(n, self.world_size, self.drop_last) if self.train
+                 else len(range(self.rank, n, self.world_size)))
+        return _n_batches(count, self.batch_size, self.drop_last)
+
+
+class TensorLoader(_EpochBatches):
     """Batches from in-memory uint8 tensors; augmentation runs on whole batches.
 
     Train: zero-pad ``pad`` px, random ``size`` crop per image, horizontal flip with p=0.5;
@@ -521,23 +547,6 @@ class TensorLoader:
     @property
     def dataset_size(self) -> int:
         return len(self.labels)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self._epoch_set = True
-
-    def indices(self, epoch: int | None = None) -> list[int]:
-        n = len(self.labels)
-        if not self.train:
-            return _val_indices(n, self.rank, self.world_size)
-        e = self.epoch if epoch is None else epoch
-        return _train_indices(n, e, self.seed, self.rank, self.world_size, self.drop_last)
-
-    def __len__(self) -> int:
-        n = self.dataset_size
-        count = (_train_count(n, self.world_size, self.drop_last) if self.train
-                 else len(range(self.rank, n, self.world_size)))
-        return _n_batches(count, self.batch_size, self.drop_last)
 
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Zero-pad, crop at a random offset per image, mirror half of them (RandomCrop +
@@ -715,7 +724,7 @@ class _ListSampler(torch.utils.data.Sampler):
 _WORKER_ERROR = re.compile(r"^(?:[\w.]*\.)?DataError: (.*)$", re.M)
 
 
-class FolderLoader:
+class FolderLoader(_EpochBatches):
     """A torch DataLoader over an ImageFolder split with ``set_epoch``/``indices``; an unreadable
     image surfaces as one :class:`DataError` line, also from a worker process."""
 
@@ -739,23 +748,6 @@ class FolderLoader:
     @property
     def dataset_size(self) -> int:
         return len(self.dataset)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self._epoch_set = True
-
-    def indices(self, epoch: int | None = None) -> list[int]:
-        n = len(self.dataset)
-        if not self.train:
-            return _val_indices(n, self.rank, self.world_size)
-        e = self.epoch if epoch is None else epoch
-        return _train_indices(n, e, self.seed, self.rank, self.world_size, self.drop_last)
-
-    def __len__(self) -> int:
-        n = self.dataset_size
-        count = (_train_count(n, self.world_size, self.drop_last) if self.train
-                 else len(range(self.rank, n, self.world_size)))
-        return _n_batches(count, self.batch_size, self.drop_last)
 
     def __iter__(self):
         epoch = self.epoch
@@ -887,7 +879,7 @@ def dali_pipeline(files: Sequence[str], labels: Sequence[int], *, batch_size: in
 _DALI_PATH = re.compile(r"(/[^\s'\"]+?\.(?:jpe?g|png|bmp|tiff?|webp|ppm|pgm|pnm|jp2))", re.I)
 
 
-class DaliLoader:
+class DaliLoader(_EpochBatches):
     """DALI over an explicit, per-epoch file list: the order is ``DistributedSampler``'s (the
     same as :class:`FolderLoader`), so sharding and ``set_epoch`` behave identically.  A
     pipeline is built per pass (cheap next to an epoch)."""
@@ -914,23 +906,6 @@ class DaliLoader:
     @property
     def dataset_size(self) -> int:
         return len(self.samples)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self._epoch_set = True
-
-    def indices(self, epoch: int | None = None) -> list[int]:
-        n = len(self.samples)
-        if not self.train:
-            return _val_indices(n, self.rank, self.world_size)
-        e = self.epoch if epoch is None else epoch
-        return _train_indices(n, e, self.seed, self.rank, self.world_size, self.drop_last)
-
-    def __len__(self) -> int:
-        n = self.dataset_size
-        count = (_train_count(n, self.world_size, self.drop_last) if self.train
-                 else len(range(self.rank, n, self.world_size)))
-        return _n_batches(count, self.batch_size, self.drop_last)
 
     def _raise(self, err: Exception, files: list[str], done: int):
         """Re-raise a DALI failure as one line naming the file.  DALI does not name it, so
