@@ -28,14 +28,6 @@ TINY = ["--set", "FashionMNIST", "-a", "mobilenet_v3_small", "--train-subset", "
         "0", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _parse(argv):
     parser = cli.build_parser("train")
     argv = cli.split_glued_flags(argv, parser.subcommand_parsers["train"])

@@ -20,14 +20,6 @@ BASE = dict(set="FashionMNIST", arch="mobilenet_v3_small", train_subset=128, val
             snapshot_epochs=None, progress=False, print_freq=2, study="tests", row="short")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
     return train(TrainConfig(**BASE, save_dir=str(tmp_path_factory.mktemp("run") / "a")))
