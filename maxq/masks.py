@@ -122,7 +122,8 @@ def _buffer(cache, name, shape, like: torch.Tensor, dtype=torch.float32) -> torc
         return torch.empty(shape, dtype=dtype, device=like.device)
     ws = cache.setdefault("workspace", {})
     buf = ws.get(name)
-    if buf is None or buf.shape != torch.Size(shape) or buf.dtype != dtype or buf.device != like.device:
+    if (buf is None or buf.shape != torch.Size(shape) or buf.dtype != dtype
+            or buf.device != like.device):
         buf = ws[name] = torch.empty(shape, dtype=dtype, device=like.device)
     return buf
 
@@ -187,21 +188,21 @@ def _block_keep(A: torch.Tensor, n_keep: int, M: int, out: torch.Tensor | None =
         for j, kj in enumerate(_rank_keep(cols, n_keep, cache)):
             keep[:, :, j, :].copy_(kj)
         return keep
-    keep.zero_()
     work = A4
-    for _ in range(n_keep):
-        top = _block_max(work)                                   # (Co, Ci/M, 1, kh·kw)
-        won = torch.ge(work, top.expand(work.shape))
-        many = won.sum(2, keepdim=True, dtype=torch.uint8) > 1   # ties for the maximum
+    for i in range(n_keep):
+        won = keep if n_keep == 1 else torch.empty_like(keep)
+        torch.ge(work, _block_max(work).expand(work.shape), out=won)
+        many = won.sum(2) > 1                                    # ties for the maximum
         if int(many.view(torch.uint8).max()):                    # first maximal index wins
-            idx = many.squeeze(2).nonzero(as_tuple=True)
+            idx = many.nonzero(as_tuple=True)
             first = work[idx[0], idx[1], :, idx[2]].argmax(1)
-            row = torch.zeros(first.numel(), M, dtype=torch.bool, device=A.device)
-            row[torch.arange(first.numel(), device=A.device), first] = True
-            won[idx[0], idx[1], :, idx[2]] = row
-        keep.add_(won)
-        if n_keep > 1:                        # |w| >= 0, so a winner never wins again
-            work = work.masked_fill(won, -1.0)
+            won[idx[0], idx[1], :, idx[2]] = torch.nn.functional.one_hot(first, M).to(won.dtype)
+        if n_keep > 1:
+            if i == 0:
+                keep.copy_(won)
+            else:
+                keep.add_(won)
+            work = work - won * (work + 1)    # winners -> -1 (|w| >= 0: they never win again)
     return keep
 
 
@@ -413,13 +414,13 @@ def _window_select(rows, k: int, lo, hi, scratch):
 def _bracket_search(rows, k: int, scratch, rounds: int = 6):
     """Exact (x(k), x(k+1)) of every row without a previous window (cold).
 
-    Keeps a certified bracket [blo, bhi] per row (``#(x < blo) <= k-1``, ``#(x > bhi) <=
-    L-k-1``; initially [0, max]). The first proposal comes from the order statistics of a
-    sample of ~sqrt(L) (64 .. 2048) entries of the row; later ones interpolate the empirical CDF inside the bracket
-    (position ± 1.5·sqrt(entries) + 2). Each round is one counting pass; a bound that verifies
-    replaces the bracket's. When rows have max(32, L/256) entries left on average (or after
-    ``rounds``), :func:`_window_select` extracts the statistics from the brackets; ``kthvalue``
-    is the last resort."""
+    Keeps a certified bracket [blo, bhi] per row (``#(x < blo) <= k-1``,
+    ``#(x > bhi) <= L-k-1``; initially [0, max]). The first proposal comes from the order
+    statistics of a sample of ~sqrt(L) (64 .. 2048) entries of the row; later ones
+    interpolate the empirical CDF inside the bracket (position ± 1.5·sqrt(entries) + 2). Each
+    round is one counting pass; a bound that verifies replaces the bracket's. When rows have
+    max(32, L/256) entries left on average (or after ``rounds``), :func:`_window_select`
+    extracts the statistics from the brackets; ``kthvalue`` is the last resort."""
     R, L = rows.R, rows.L
     X = rows.rows()
     target = max(32, L // 256)                         # in-window entries per row to stop at
@@ -614,7 +615,10 @@ def maxq_mask(weight: torch.Tensor, N: int, M: int, *, dense_fraction: float = 0
     scratch = _buffer(cache, "scratch", shape, weight)
 
     # hard mask B (with dense blocks, or progressive N)
-    Bf = torch.empty(shape, device=A.device) if axis == "none" else _buffer(cache, "B", shape, weight)
+    if axis == "none":
+        Bf = torch.empty(shape, device=A.device)            # the result itself
+    else:
+        Bf = _buffer(cache, "B", shape, weight)
     B4 = _block_view(Bf, M)
     if progressive:
         _block_keep(A, M - _floor((M - N) * (1.0 - rho)), M, B4, cache)

@@ -95,7 +95,8 @@ def lr_at(epoch: float, base_lr: float, epochs: int, warmup: float = 0, kind: st
     """Learning rate at (fractional) epoch ``epoch`` (method.md §9).
 
     Warmup (epoch < warmup): linear, ``base_lr · (epoch + 1) / warmup``.
-    cosine: ``0.5 · (1 + cos(π · e / E)) · base_lr`` with e = epoch − warmup, E = epochs − warmup
+    cosine: ``0.5 · (1 + cos(π · e / E)) · base_lr`` with e = epoch − warmup,
+    E = epochs − warmup
     ("cosine per epoch": pass the integer epoch to update once per epoch).
     step: ``base_lr · gamma ** floor(epoch / step_size)``.
     """

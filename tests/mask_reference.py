@@ -35,7 +35,8 @@ def unblock(Bg: torch.Tensor, shape) -> torch.Tensor:
     return Bg.reshape(shape)
 
 
-def reference_nm_mask(weight: torch.Tensor, N: int, M: int, n_keep: int | None = None) -> torch.Tensor:
+def reference_nm_mask(weight: torch.Tensor, N: int, M: int,
+                      n_keep: int | None = None) -> torch.Tensor:
     """Hard N:M mask (float32, shape of weight): stable descending sort of each block, keep the
     first ``n_keep`` (default N)."""
     A = weight.detach().abs().float()

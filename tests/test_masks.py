@@ -68,19 +68,22 @@ if HAVE_HYPOTHESIS:
         N, M = nm
         shape = (co, ci_blocks * M) if k == 0 else (co, ci_blocks * M, k, k)
         g = torch.Generator().manual_seed(seed)
-        w = torch.randint(-2, 3, shape, generator=g).float() if ties else torch.randn(shape, generator=g)
+        w = (torch.randint(-2, 3, shape, generator=g).float() if ties
+             else torch.randn(shape, generator=g))
         check_nm_property(w, N, M)
 
     @settings(max_examples=40, deadline=None)
     @given(nm=st.sampled_from(PATTERNS + [(3, 4), (5, 8)]), co=st.integers(1, 6),
            ci_blocks=st.integers(1, 4), k=st.sampled_from([0, 1, 3]),
-           df=st.sampled_from([0.0, 0.25, 0.5, 1.0]), axis=st.sampled_from(["soft", "hard", "none"]),
+           df=st.sampled_from([0.0, 0.25, 0.5, 1.0]),
+           axis=st.sampled_from(["soft", "hard", "none"]),
            seed=st.integers(0, 2**31 - 1), ties=st.booleans())
     def test_maxq_equals_reference_random_shapes(nm, co, ci_blocks, k, df, axis, seed, ties):
         N, M = nm
         shape = (co, ci_blocks * M) if k == 0 else (co, ci_blocks * M, k, k)
         g = torch.Generator().manual_seed(seed)
-        w = torch.randint(-2, 3, shape, generator=g).float() if ties else torch.randn(shape, generator=g)
+        w = (torch.randint(-2, 3, shape, generator=g).float() if ties
+             else torch.randn(shape, generator=g))
         assert torch.equal(maxq_mask(w, N, M, dense_fraction=df, axis=axis),
                            reference_maxq_mask(w, N, M, dense_fraction=df, axis=axis))
 
