@@ -269,13 +269,21 @@ def mask_stats(model: nn.Module, previous_hard: dict[str, torch.Tensor] | None =
     return stats, hard_masks
 
 
-def nm_share(model: nn.Module) -> float | None:
-    """Share of N:M blocks over all sparse layers, weighted by block count (None if none)."""
+def nm_share(model: nn.Module, stats: dict[str, dict] | None = None) -> float | None:
+    """Share of N:M blocks over all sparse layers, weighted by block count (None if none).
+
+    ``stats`` from :func:`mask_stats` of the same masks saves recounting the blocks.
+    """
     total = nm = 0
-    for module in sparse_layers(model).values():
-        kept = _blocks(module.weight_mask != 0, module.maxq.M).sum(dim=1)
-        total += kept.numel()
-        nm += int((kept <= module.maxq.N).sum())
+    for name, module in sparse_layers(model).items():
+        if stats is not None:
+            blocks = module.weight_mask.numel() // module.maxq.M
+            nm += round(stats[name]["nm_share"] * blocks)
+        else:
+            kept = _blocks(module.weight_mask != 0, module.maxq.M).sum(dim=1)
+            blocks = kept.numel()
+            nm += int((kept <= module.maxq.N).sum())
+        total += blocks
     return nm / total if total else None
 
 

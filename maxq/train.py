@@ -893,7 +893,7 @@ def train(config: TrainConfig) -> Path:
                                 print_freq=cfg.print_freq)
             seconds = time.perf_counter() - epoch_start
             layer_stats, hard = sparse.mask_stats(model_without_ddp, previous_hard)
-            nm_share = sparse.nm_share(model_without_ddp)
+            nm_share = sparse.nm_share(model_without_ddp, layer_stats)
             last = {"top1": va["top1"], "top5": va["top5"], "epoch": epoch}
             improved = best is None or va["top1"] > best["top1"]
             if improved:

@@ -140,6 +140,9 @@ def test_dense_fraction_reaches_the_layers():
     model.train()
     model(torch.randn(2, 1, 32, 32))
     assert sparse.nm_share(model) == 0.0
+    sparse.set_dense_fraction(model, 0.5)
+    model(torch.randn(2, 1, 32, 32))
+    assert sparse.nm_share(model, sparse.mask_stats(model)[0]) == sparse.nm_share(model)
     sparse.set_dense_fraction(model, 0.0)
     model(torch.randn(2, 1, 32, 32))
     assert sparse.nm_share(model) == 1.0
