@@ -37,10 +37,11 @@ the sort-based reference (``tests/mask_reference.py``):
   (two compare passes): if ``c_lo = #(x < lo) <= k-1`` and ``#(x > hi) <= L-k-1`` both
   statistics are in the window, namely the ``(k - c_lo)``-th and next smallest in-window
   entries, which are gathered from the few chunks holding any and sorted. Warm (``cache``),
-  the window comes from the previous call (weights move little per training step); cold, a
-  few counting rounds narrow a certified bracket (sample order statistics, then
-  interpolation of the empirical CDF). ``kthvalue`` is only a last resort. The result never
-  depends on the cache.
+  the window is the previous call's statistics widened by a few spacings and the recent
+  shift of thr (weights move little per training step); a row whose window misses keeps the
+  bound it verified and is refined from there. Cold, a few counting rounds narrow a certified
+  bracket (sample order statistics, then interpolation of the empirical CDF). ``kthvalue`` is
+  only a last resort. The result never depends on the cache.
 * Composition without mask passes: ``Y = addcmul(-thr, A, B)`` is ``fl(A - thr)`` where B = 1
   and ``-thr <= 0`` where B = 0; ``threshold_(Y, 0, -inf)`` then drops the pruned entries and the
   ``k`` smallest (``x > thr`` iff ``fl(x - thr) > 0``, and when ``x(k) < thr < x(k+1)`` that
@@ -388,17 +389,20 @@ def _kth_pair(X: torch.Tensor, k: int):
 
 
 def _window_select(rows, k: int, lo, hi, scratch):
-    """(x(k), x(k+1), ok, n_in) of every row whose window [lo, hi] brackets both statistics.
+    """(x(k), x(k+1), ok, n_in, c_lo, c_hi) of every row whose window [lo, hi] brackets both
+    statistics.
 
-    ``ok``: ``c_lo = #(x < lo) <= k-1`` (so x(k) >= lo) and ``#(x > hi) <= L-k-1`` (so
-    x(k+1) <= hi). The window is counted per chunk; only chunks with in-window entries are
-    gathered; sorted by (row, value) (values >= 0, so their bit patterns sort like them), the
-    in-window entries hold x(k) at rank ``k - c_lo``. ``n_in``: in-window entries per row.
-    Rows that are not ok get garbage values."""
+    ``c_lo = #(x < lo)``, ``c_hi = #(x > hi)``; ``ok``: ``c_lo <= k-1`` (so x(k) >= lo) and
+    ``c_hi <= L-k-1`` (so x(k+1) <= hi). The window is counted per chunk; only chunks with
+    in-window entries are gathered; sorted by (row, value) (values >= 0, so their bit patterns
+    sort like them), the in-window entries hold x(k) at rank ``k - c_lo``. ``n_in``: in-window
+    entries per row. Rows that are not ok get garbage values."""
     s_lo, s_hi = rows.chunk_counts(lo, hi, scratch)
-    c_lo = _count(s_lo, 1)
-    ok = (c_lo <= k - 1) & (_count(s_hi, 1) <= rows.L - k - 1)
-    r, ch = torch.nonzero((rows.C - s_lo).sub_(s_hi), as_tuple=True)
+    c_lo, c_hi = _count(s_lo, 1), _count(s_hi, 1)
+    ok = (c_lo <= k - 1) & (c_hi <= rows.L - k - 1)
+    hit = torch.lt(s_lo.add_(s_hi), rows.C).reshape(-1).nonzero().squeeze(1)  # 1-D: faster
+    r = hit.div(s_lo.shape[1], rounding_mode="floor")
+    ch = hit - r * s_lo.shape[1]
     vals = rows.gather(r, ch)                                        # (n, C)
     inside = (vals >= lo[r][:, None]) & (vals <= hi[r][:, None])
     flat = inside.view(-1).nonzero().squeeze(1)
@@ -408,26 +412,75 @@ def _window_select(rows, k: int, lo, hi, scratch):
     if v.numel() < 2:
         v = torch.zeros(2, dtype=v.dtype, device=v.device)
     j = (torch.cumsum(n_in, 0) - n_in + (k - c_lo.long()) - 1).clamp(0, v.numel() - 2)
-    return v[j], v[j + 1], ok, n_in
+    return v[j], v[j + 1], ok, n_in, c_lo, c_hi
+
+
+class _Bracket:
+    """Per-row certified bracket of x(k), x(k+1): ``#(x < lo) = n_lo <= k-1`` (so x(k) >= lo)
+    and ``#(x > hi) <= L-k-1`` (so x(k+1) <= hi); ``n_hi`` estimates ``#(x > hi)`` after a
+    miss. Starts as [0, inf] (inf is replaced by the row maximum when needed)."""
+
+    def __init__(self, R: int, device):
+        self.lo = torch.zeros(R, device=device)
+        self.hi = torch.full((R,), math.inf, device=device)
+        self.n_lo = torch.zeros(R, device=device)
+        self.n_hi = torch.zeros(R, device=device)
+
+    def update(self, k: int, L: int, lo, hi, c_lo, c_hi) -> None:
+        """Tighten with the counts ``c_lo = #(x < lo)``, ``c_hi = #(x > hi)`` of a window."""
+        ok_lo, ok_hi = c_lo <= k - 1, c_hi <= L - k - 1
+        self.lo, self.n_lo = torch.where(ok_lo, lo, self.lo), torch.where(ok_lo, c_lo, self.n_lo)
+        self.hi, self.n_hi = torch.where(ok_hi, hi, self.hi), torch.where(ok_hi, c_hi, self.n_hi)
+        above = c_lo >= k + 1                                # x(k+1) < lo
+        self.hi = torch.where(above, torch.minimum(self.hi, lo), self.hi)
+        self.n_hi = torch.where(above, torch.maximum(self.n_hi, L - c_lo), self.n_hi)
+        below = c_hi >= L - k + 1                            # x(k) > hi
+        self.lo = torch.where(below, torch.maximum(self.lo, hi), self.lo)
+        self.n_lo = torch.where(below, torch.maximum(self.n_lo, L - c_hi), self.n_lo)
+
+
+def _refine(rows, k: int, scratch, bracket: _Bracket, lo, hi, rounds: int = 6):
+    """Exact (x(k), x(k+1), n_in, bracket) of every row, from a bracket and a first proposal
+    window [lo, hi].
+
+    Each round is one counting pass over the rows; a bound that verifies tightens the bracket;
+    the next proposal interpolates the empirical CDF inside the bracket (position
+    ± 1.5·sqrt(entries) + 2). When rows have max(32, L/256) entries left on average (or after
+    ``rounds``), :func:`_window_select` extracts the statistics from the brackets;
+    ``kthvalue`` is the last resort."""
+    R, L = rows.R, rows.L
+    target = max(32, L // 256)                         # in-window entries per row to stop at
+    b = bracket
+    for _ in range(rounds):
+        hi = torch.maximum(lo, hi)
+        c_lo, c_hi = rows.counts(lo, hi, scratch)
+        b.update(k, L, lo, hi, c_lo, c_hi)
+        if bool(torch.isinf(b.hi).any()):
+            b.hi = torch.where(torch.isinf(b.hi), rows.row_max(), b.hi)
+        w = (L - b.n_lo - b.n_hi).clamp_min(1)
+        if float(w.mean()) <= target:
+            break
+        width = b.hi - b.lo
+        pos = b.lo + width * ((k - b.n_lo - 0.5) / w).clamp(0, 1)
+        half = width * (1.5 * w.sqrt() + 2) / w
+        lo = torch.maximum(b.lo, pos - half)
+        hi = torch.minimum(b.hi, pos + half)
+    if bool(torch.isinf(b.hi).any()):
+        b.hi = torch.where(torch.isinf(b.hi), rows.row_max(), b.hi)
+    vk, vk1, ok, n_in, _, _ = _window_select(rows, k, b.lo, b.hi, scratch)
+    bad = (~ok).nonzero().flatten()
+    if bad.numel():
+        vk[bad], vk1[bad] = _kth_pair(rows.rows(bad), k)
+    return vk, vk1, n_in, b
 
 
 def _bracket_search(rows, k: int, scratch, rounds: int = 6):
-    """Exact (x(k), x(k+1)) of every row without a previous window (cold).
+    """Exact (x(k), x(k+1), n_in, bracket) of every row without a previous window (cold).
 
-    Keeps a certified bracket [blo, bhi] per row (``#(x < blo) <= k-1``,
-    ``#(x > bhi) <= L-k-1``; initially [0, max]). The first proposal comes from the order
-    statistics of a sample of ~sqrt(L) (64 .. 2048) entries of the row; later ones
-    interpolate the empirical CDF inside the bracket (position ± 1.5·sqrt(entries) + 2). Each
-    round is one counting pass; a bound that verifies replaces the bracket's. When rows have
-    max(32, L/256) entries left on average (or after ``rounds``), :func:`_window_select`
-    extracts the statistics from the brackets; ``kthvalue`` is the last resort."""
+    The first proposal comes from the order statistics of a sample of ~sqrt(L) (64 .. 2048)
+    entries of the row (± 3 standard deviations of the sample rank); then :func:`_refine`."""
     R, L = rows.R, rows.L
     X = rows.rows()
-    target = max(32, L // 256)                         # in-window entries per row to stop at
-    blo = torch.zeros(R, device=X.device)
-    bhi = torch.full((R,), math.inf, device=X.device)  # replaced by the row max if needed
-    n_lo = torch.zeros(R, device=X.device)             # #(x < blo)
-    n_hi = torch.zeros(R, device=X.device)             # #(x > bhi) (an estimate after a miss)
     step = max(1, L // min(2048, max(64, math.isqrt(L))))
     sample = torch.sort(X[:, ::step], dim=1).values
     ns = sample.shape[1]
@@ -435,68 +488,66 @@ def _bracket_search(rows, k: int, scratch, rounds: int = 6):
     sd = math.sqrt(ns * q * (1 - q)) + 1
     lo = sample[:, max(0, math.floor(q * ns - 3 * sd) - 1)]
     hi = sample[:, min(ns - 1, math.ceil(q * ns + 3 * sd))]
-    for _ in range(rounds):
-        c_lo, c_hi = rows.counts(lo, torch.maximum(lo, hi), scratch)
-        ok_lo, ok_hi = c_lo <= k - 1, c_hi <= L - k - 1
-        blo, n_lo = torch.where(ok_lo, lo, blo), torch.where(ok_lo, c_lo, n_lo)
-        bhi, n_hi = torch.where(ok_hi, hi, bhi), torch.where(ok_hi, c_hi, n_hi)
-        above = c_lo >= k + 1                            # x(k+1) < lo
-        bhi = torch.where(above, torch.minimum(bhi, lo), bhi)
-        n_hi = torch.where(above, torch.maximum(n_hi, L - c_lo), n_hi)
-        below = c_hi >= L - k + 1                        # x(k) > hi
-        blo = torch.where(below, torch.maximum(blo, hi), blo)
-        n_lo = torch.where(below, torch.maximum(n_lo, L - c_hi), n_lo)
-        if bool(torch.isinf(bhi).any()):
-            bhi = torch.where(torch.isinf(bhi), rows.row_max(), bhi)
-        w = (L - n_lo - n_hi).clamp_min(1)
-        if float(w.mean()) <= target:
-            break
-        width = bhi - blo
-        pos = blo + width * ((k - n_lo - 0.5) / w).clamp(0, 1)
-        half = width * (1.5 * w.sqrt() + 2) / w
-        lo = torch.maximum(blo, pos - half)
-        hi = torch.minimum(bhi, pos + half)
-    vk, vk1, ok, n_in = _window_select(rows, k, blo, bhi, scratch)
-    bad = (~ok).nonzero().flatten()
-    if bad.numel():
-        vk[bad], vk1[bad] = _kth_pair(rows.rows(bad), k)
-    return vk, vk1, n_in
+    return _refine(rows, k, scratch, _Bracket(R, X.device), lo, hi, rounds)
+
+
+# warm windows (see _order_stats)
+_WARM_SPACINGS = 8.0     # margin: this many spacings of the order statistics near thr ...
+_WARM_SHIFTS = 2.0       # ... plus this many times the recent shift of thr per call
+_SHIFT_DECAY = 0.5       # recent shift = max(|thr - previous thr|, decay · previous shift)
 
 
 def _order_stats(rows, k: int, state: dict | None, scratch):
     """Exact (x(k), x(k+1)), 1 <= k < L, of every row; ``state`` (a dict, updated in place)
     carries the window to the next call.
 
-    Warm: the window is ``[x(k) - m, x(k+1) + m]`` around the previous call's statistics, with
-    m = 4 spacings of the order statistics near the boundary + 8x a decaying maximum of the
-    per-call shift of thr; rows whose window misses are redone cold (and get a 4x wider
-    margin). Cold: :func:`_bracket_search`."""
+    Warm: the window is ``[x(k) - m, x(k+1) + m]`` around the previous call's statistics with
+    ``m = 8·spacing + 2·shift`` (spacing: the mean gap between order statistics near thr, from
+    the previous window; shift: a decaying maximum of the per-call move of thr). Rows whose
+    window misses keep what it certified (a bound on one side, and how many entries lie beyond
+    the other) and are refined from a window moved past the miss by the missing count times the
+    spacing (:func:`_refine`, on those rows only). Cold: :func:`_bracket_search`."""
     R, L = rows.R, rows.L
     warm = state is not None and "vk" in state and state["vk"].shape[0] == R
     if not warm:
-        vk, vk1, n_in = _bracket_search(rows, k, scratch)
-        spacing = 4 * (vk1 - vk)
+        vk, vk1, n_in, b = _bracket_search(rows, k, scratch)
+        lo, hi = b.lo, b.hi
     else:
-        lo = (state["vk"] - state["margin"]).clamp_min(0.0)
-        hi = state["vk1"] + state["margin"]
-        vk, vk1, ok, n_in = _window_select(rows, k, lo, hi, scratch)
-        spacing = (hi - lo) / n_in.clamp_min(1).to(lo.dtype)
+        spacing = state["spacing"]
+        m = _WARM_SPACINGS * spacing + _WARM_SHIFTS * state["shift"] + 1e-30
+        lo = (state["vk"] - m).clamp_min(0.0)
+        hi = state["vk1"] + m
+        vk, vk1, ok, n_in, c_lo, c_hi = _window_select(rows, k, lo, hi, scratch)
         bad = (~ok).nonzero().flatten()
         if bad.numel():
-            sub = _FilterRows(rows.rows(bad).contiguous(), _FILTER_CHUNK)
-            vk[bad], vk1[bad], _ = _bracket_search(sub, k, scratch)
+            vk, vk1, lo, hi = _redo_missed(rows, k, scratch, bad, vk, vk1, lo, hi, n_in,
+                                           c_lo[bad], c_hi[bad], spacing[bad])
     if state is not None:
         thr = (vk + vk1) / 2
-        if warm:
-            shift = torch.maximum((thr - state["thr"]).abs(), 0.75 * state["shift"])
-            margin = 4 * spacing + 8 * shift
-            margin[bad] = 4 * state["margin"][bad] + 8 * shift[bad]
-        else:
-            shift = torch.zeros_like(thr)
-            margin = torch.maximum(spacing, (vk + vk1) * (4.0 / L))
-        state.update(vk=vk.clone(), vk1=vk1.clone(), thr=thr, shift=shift,
-                     margin=margin + 1e-30)
+        shift = (torch.maximum((thr - state["thr"]).abs(), _SHIFT_DECAY * state["shift"])
+                 if warm else torch.zeros_like(thr))
+        spacing = (hi - lo) / n_in.clamp_min(1).to(lo.dtype)
+        state.update(vk=vk.clone(), vk1=vk1.clone(), thr=thr, shift=shift, spacing=spacing)
     return vk, vk1
+
+
+def _redo_missed(rows, k, scratch, bad, vk, vk1, lo, hi, n_in, c_lo, c_hi, spacing):
+    """Refine the rows ``bad`` whose warm window [lo, hi] missed; returns (vk, vk1, lo, hi)
+    with those rows' entries replaced (lo, hi: their final brackets; n_in updated in place)."""
+    L = rows.L
+    sub = _FilterRows(rows.rows(bad).contiguous(), _FILTER_CHUNK)
+    lo_b, hi_b = lo[bad], hi[bad]
+    b = _Bracket(bad.numel(), lo.device)
+    b.update(k, L, lo_b, hi_b, c_lo, c_hi)
+    # the statistics lie about d entries beyond the side that missed
+    low_side = c_lo >= k
+    d = torch.where(low_side, c_lo - k + 1, (c_hi - (L - k) + 1).clamp_min(1))
+    pos = torch.where(low_side, lo_b - d * spacing, hi_b + d * spacing)
+    half = (2 * d.sqrt() + 0.5 * d + 8) * spacing + 1e-30
+    vk_b, vk1_b, n_b, b = _refine(sub, k, scratch, b, (pos - half).clamp_min(0.0), pos + half)
+    vk, vk1, lo, hi = vk.clone(), vk1.clone(), lo.clone(), hi.clone()
+    vk[bad], vk1[bad], lo[bad], hi[bad], n_in[bad] = vk_b, vk1_b, b.lo, b.hi, n_b
+    return vk, vk1, lo, hi
 
 
 def _keep_high(X: torch.Tensor, k: int, vk) -> torch.Tensor:

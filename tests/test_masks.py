@@ -350,12 +350,12 @@ def test_warm_path_is_used():
     cache: dict = {}
     maxq_mask(w, 2, 4, cache=cache)
     calls = []
-    orig = mm._bracket_search
-    mm._bracket_search = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    orig = mm._refine
+    mm._refine = lambda *a, **k: calls.append(1) or orig(*a, **k)
     try:
         w2 = w + 1e-5 * torch.randn_like(w)
         S = maxq_mask(w2, 2, 4, cache=cache)
     finally:
-        mm._bracket_search = orig
+        mm._refine = orig
     assert torch.equal(S, reference_maxq_mask(w2, 2, 4))
     assert not calls
