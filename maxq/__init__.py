@@ -20,6 +20,8 @@ _EXPORTS = {
     "describe": "maxq.sparse",
     "set_dense_fraction": "maxq.sparse",
     "srste_decay_": "maxq.sparse",
+    "refresh_masks": "maxq.sparse",
+    "set_mask_interval": "maxq.sparse",
     "build_model": "maxq.models",
     "METHODS": "maxq.methods",
     "ARCHS": "maxq.models",

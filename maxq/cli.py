@@ -166,6 +166,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     kit.add_argument("--overwrite", action="store_true",
                      help="replace the run already in --save_dir (finished or not); without it "
                           "such a directory is refused and left untouched")
+    kit.add_argument("--mask-interval", dest="mask_interval", type=int, default=d.mask_interval,
+                     metavar="K",
+                     help="recompute the masks every K-th training step and keep them in between "
+                          "(1, the paper's setting: every step)")
     kit.add_argument("--lr-policy", dest="lr_policy", default=d.lr_policy,
                      help="learning-rate schedule, updated once per epoch: cosine or step "
                           "(x0.1 every 30 epochs)")

@@ -9,6 +9,13 @@ through ``state_dict``). Its class becomes a thin subclass of the stock one
 * in training mode the mask is recomputed from the current weight on every forward;
 * in eval mode the stored buffer is used (as the authors' code does).
 
+The recomputation happens up front: :func:`sparsify` adds a forward pre-hook to the model that
+refreshes all its masks before each training forward (:func:`refresh_masks`, layers side by side
+on the CPU threads), and each layer then uses the mask made for its current weight. A sparse layer
+called on its own, outside the model's forward, recomputes its mask itself.
+:func:`set_mask_interval` makes the refresh happen every k-th forward instead (the stored masks
+are used in between); the paper's setting, and the default, is every forward.
+
 Gradients (method.md §6): "soft" STE passes the gradient to every latent weight unchanged; "hard"
 multiplies it by S. The SR-STE decay is :func:`srste_decay_`, called by the loop after backward.
 
@@ -19,7 +26,9 @@ linear layers (the classifier) stay dense. :func:`describe` says for every layer
 from __future__ import annotations
 
 import copy
+import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +81,15 @@ class SparseState:
     dense_fraction: float = 0.0
     generator: torch.Generator | None = None
     cache: dict = field(default_factory=dict)
+    every: int = 1                    # recompute the mask on every ``every``-th training forward
+    workers: int | None = None        # threads for the model's refresh (None: torch's threads)
+    forwards: int = 0                 # training forwards of the model so far (see refresh_masks)
+    fresh_for: tuple | None = None    # (weight storage, version) the stored mask was made for
+
+    @property
+    def trainable(self) -> bool:
+        """Whether training recomputes this layer's mask (all methods but the fixed ASP mask)."""
+        return self.method.mask != "fixed"
 
     def compute_mask(self, weight: torch.Tensor) -> torch.Tensor:
         spec = self.method
@@ -93,15 +111,22 @@ class _SparseMixin:
 
     def masked_weight(self) -> torch.Tensor:
         state = self.maxq
-        if self.training and state.method.mask != "fixed":
-            with torch.no_grad():
-                self.weight_mask = state.compute_mask(self.weight.detach())
+        if self.training and state.trainable:
+            fresh, state.fresh_for = state.fresh_for == _weight_key(self.weight), None
+            if not fresh and state.every == 1:
+                self.refresh_mask()       # called outside the model's forward (no pre-hook)
         return _GRADIENTS[state.method.gradient].apply(self.weight, self.weight_mask)
 
     def refresh_mask(self) -> None:
         """Recompute the stored mask from the current weight (what a training forward does)."""
         with torch.no_grad():
             self.weight_mask = self.maxq.compute_mask(self.weight.detach())
+        self.maxq.fresh_for = _weight_key(self.weight)
+
+
+def _weight_key(weight: torch.Tensor) -> tuple:
+    """Identifies a weight's current values: its storage and in-place version counter."""
+    return weight.data_ptr(), weight._version
 
 
 class SparseConv2d(_SparseMixin, nn.Conv2d):
@@ -192,9 +217,90 @@ def sparsify(model: nn.Module, method: str, N: int = 2, M: int = 4, *, tau: floa
         module.__class__ = _SPARSE_CLASS[type(module)]
         module.maxq = SparseState(spec, N, M, float(tau), generator=generator)
         module.register_buffer("weight_mask", torch.ones_like(module.weight, requires_grad=False))
-        if init_masks:
-            module.refresh_mask()
+    if init_masks:
+        _refresh(list(sparse_layers(model).values()))
+        for module in sparse_layers(model).values():
+            module.maxq.fresh_for = None
+    model.register_forward_pre_hook(_refresh_before_forward)
     return model
+
+
+# ----------------------------------------------------------------------------- mask refresh
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _single_threaded() -> None:
+    torch.set_num_threads(1)      # per worker thread (OpenMP's setting is per thread)
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    with _POOLS_LOCK:
+        if workers not in _POOLS:
+            _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="maxq-mask",
+                                                 initializer=_single_threaded)
+        return _POOLS[workers]
+
+
+def refresh_masks(model: nn.Module, workers: int | None = None) -> int:
+    """Recompute the mask of every trainable sparse layer from its current weight, now.
+
+    Layers are independent, so they are computed side by side on ``workers`` threads (default
+    ``torch.get_num_threads()``; each single-threaded, largest layers first): on a 2-core CPU
+    this is faster than one layer after another with 2 threads per op. Every mask is computed
+    exactly as alone, so the result does not depend on ``workers``. The next training forward
+    uses these masks instead of recomputing them. Returns the number of masks refreshed.
+    """
+    return _refresh([m for m in sparse_layers(model).values() if m.maxq.trainable], workers)
+
+
+def _refresh(layers: list[nn.Module], workers: int | None = None) -> int:
+    workers = max(1, min(len(layers), workers or torch.get_num_threads()))
+    if workers == 1 or any(m.weight.device.type != "cpu" for m in layers):
+        for m in layers:
+            m.refresh_mask()
+    else:
+        layers = sorted(layers, key=lambda m: -m.weight.numel())
+        for future in [_pool(workers).submit(m.refresh_mask) for m in layers]:
+            future.result()
+    return len(layers)
+
+
+def set_mask_interval(model: nn.Module, every: int, forwards: int = 0) -> None:
+    """Recompute masks on every ``every``-th training forward of the model (1, the paper's
+    setting: every step); in between, training uses the stored masks. ``forwards``: training
+    forwards already done (a resumed run passes its step count, so refreshes fall on the same
+    steps as in an uninterrupted run)."""
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"mask interval must be an integer >= 1; got {every!r}")
+    for module in sparse_layers(model).values():
+        module.maxq.every, module.maxq.forwards = every, int(forwards)
+
+
+def set_mask_workers(model: nn.Module, workers: int | None) -> None:
+    """Threads the training forward's mask refresh uses (None: ``torch.get_num_threads()``;
+    1: one layer after another, each op on torch's threads)."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise ValueError(f"mask workers must be None or an integer >= 1; got {workers!r}")
+    for module in sparse_layers(model).values():
+        module.maxq.workers = workers
+
+
+def _refresh_before_forward(model: nn.Module, args) -> None:
+    """Forward pre-hook of a sparsified model: in training mode, refresh the masks of its
+    trainable sparse layers before the forward runs (every ``every``-th forward)."""
+    if not model.training:
+        return
+    layers = [m for m in sparse_layers(model).values() if m.training and m.maxq.trainable]
+    if not layers:
+        return
+    state = layers[0].maxq
+    due = state.forwards % state.every == 0
+    for m in layers:
+        m.maxq.forwards += 1
+    if due:
+        refresh_masks(model, state.workers)
 
 
 def sparse_layers(model: nn.Module) -> dict[str, nn.Module]:
@@ -357,6 +463,9 @@ def fold(model: nn.Module) -> nn.Module:
         module.__class__ = _STOCK_CLASS[type(module)]
     if hasattr(model, "maxq_method"):
         del model.maxq_method
+    for key, hook in list(model._forward_pre_hooks.items()):
+        if hook is _refresh_before_forward:
+            del model._forward_pre_hooks[key]
     model.maxq_folded = {"N": info.get("N"), "M": info.get("M"), "method": info.get("method"),
                          "layers": sorted(layers)}
     return model

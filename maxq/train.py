@@ -99,6 +99,7 @@ class TrainConfig:
     increase_end: int = 90
     tau: float = 0.01
     prune_schedule: str = "linear"
+    mask_interval: int = 1                   # recompute masks every k-th step (1: every step)
     # optimisation
     epochs: int = 120
     batch_size: int = 256                    # GLOBAL batch (all processes together)
@@ -157,7 +158,7 @@ class TrainConfig:
                                      ("--device", self.device, DEVICES),
                                      ("--amp", self.amp, AMP_MODES)):
             need(value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
-        for name in ("N", "M", "epochs", "batch_size", "print_freq"):
+        for name in ("N", "M", "epochs", "batch_size", "print_freq", "mask_interval"):
             value = getattr(self, name)
             need(is_int(value) and value >= 1, f"--{name.replace('_', '-')} must be an integer "
                                                f">= 1; got {value!r}")
@@ -256,7 +257,10 @@ class TrainConfig:
 
     def fingerprint(self) -> dict[str, Any]:
         """The resolved options that change what a run computes (compared on --resume)."""
-        return {k: v for k, v in self.to_dict().items() if k not in NOT_FINGERPRINTED}
+        fingerprint = {k: v for k, v in self.to_dict().items() if k not in NOT_FINGERPRINTED}
+        if fingerprint["mask_interval"] == 1:      # the default, unknown to older checkpoints
+            del fingerprint["mask_interval"]
+        return fingerprint
 
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike, **overrides: Any) -> "TrainConfig":
@@ -874,6 +878,8 @@ def train(config: TrainConfig) -> Path:
                 f"epoch still keeps dense blocks, the final model is not fully {cfg.N}:{cfg.M}")
 
         snapshot_at = _snapshot_epochs(cfg.snapshot_epochs, cfg.epochs)
+        sparse.set_mask_interval(model_without_ddp, cfg.mask_interval,
+                                 forwards=start_epoch * len(loaders.train))
         started = time.perf_counter()
         last = None
         for epoch in range(start_epoch, cfg.epochs):

@@ -359,3 +359,25 @@ def test_warm_path_is_used():
         mm._refine = orig
     assert torch.equal(S, reference_maxq_mask(w2, 2, 4))
     assert not calls
+
+
+@pytest.mark.parametrize("scale", [0.6, 1.7])
+def test_rows_whose_warm_window_misses_are_refined_exactly(scale):
+    """Rows whose threshold jumps (here: a few filters rescaled) miss their warm window and are
+    refined from the bound it verified; the result is still exactly the reference."""
+    import maxq.masks as mm
+    w = rand((48, 64, 3, 3), 21)
+    cache: dict = {}
+    maxq_mask(w, 2, 4, cache=cache)
+    w2 = w + 1e-4 * torch.randn_like(w)
+    w2[::5] *= scale                                   # 10 of 48 filter rows jump
+    missed = []
+    orig = mm._redo_missed
+    mm._redo_missed = lambda rows, k, scratch, bad, *a: (missed.append(bad.clone())
+                                                        or orig(rows, k, scratch, bad, *a))
+    try:
+        S = maxq_mask(w2, 2, 4, cache=cache)
+    finally:
+        mm._redo_missed = orig
+    assert torch.equal(S, reference_maxq_mask(w2, 2, 4))
+    assert missed and set(range(0, 48, 5)) <= set(missed[0].tolist())

@@ -27,8 +27,8 @@ ARGS = ["--set", "FashionMNIST", "-a", "mobilenet_v3_small", "--train-subset", "
         "--workers", "0", "--print-freq", "1", "--snapshot-epochs", "1", "--no-progress"]
 
 
-def _maxq(*args: str) -> list[str]:
-    return [sys.executable, "-m", "maxq", "train", *ARGS, *args]
+def _maxq(*args: str, base: list[str] = ARGS) -> list[str]:
+    return [sys.executable, "-m", "maxq", "train", *base, *args]
 
 
 def _snapshot(run_dir: Path) -> dict[str, bytes]:
@@ -52,11 +52,15 @@ def _strip(rows):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path, capsys):
+@pytest.mark.parametrize("interval", ["1", "3"])
+def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path, capsys, interval):
+    """Also with masks refreshed every 3rd step: 4 steps per epoch, so the resumed epoch starts
+    mid-interval (step 4: the masks of step 3 are kept)."""
     full_dir, killed_dir = tmp_path / "full", tmp_path / "killed"
-    full = subprocess.Popen(_maxq("--save_dir", str(full_dir)), env=ENV,
+    args = [*ARGS, "--mask-interval", interval]
+    full = subprocess.Popen(_maxq("--save_dir", str(full_dir), base=args), env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen(_maxq("--save_dir", str(killed_dir)), env=ENV,
+    victim = subprocess.Popen(_maxq("--save_dir", str(killed_dir), base=args), env=ENV,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for(killed_dir / records.LOG, "Epoch: [1][2/4]", victim)   # mid-epoch 1
     victim.send_signal(signal.SIGKILL)
@@ -69,7 +73,7 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path, capsys):
 
     # a resume with another configuration is refused, one line, and changes nothing
     before = _snapshot(killed_dir)
-    assert cli.main(["train", *ARGS, "--save_dir", str(killed_dir), "--resume",
+    assert cli.main(["train", *args, "--save_dir", str(killed_dir), "--resume",
                      "--lr", "0.02"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ")
@@ -77,12 +81,13 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path, capsys):
     assert _snapshot(killed_dir) == before
 
     # the same command without --resume is refused too, with a hint
-    assert cli.main(["train", *ARGS, "--save_dir", str(killed_dir)]) == 2
+    assert cli.main(["train", *args, "--save_dir", str(killed_dir)]) == 2
     assert "--resume" in capsys.readouterr().err
     assert _snapshot(killed_dir) == before
 
     # --resume CHECKPOINT: save_dir defaults to the checkpoint's folder
-    resumed = subprocess.run(_maxq("--resume", str(killed_dir / records.CHECKPOINT)), env=ENV,
+    resumed = subprocess.run(_maxq("--resume", str(killed_dir / records.CHECKPOINT), base=args),
+                             env=ENV,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in (killed_dir / records.LOG).read_text()

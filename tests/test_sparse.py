@@ -134,6 +134,69 @@ def test_training_forward_recomputes_mask_and_eval_uses_the_stored_one():
     assert torch.equal(conv.weight_mask, masks.maxq_mask(conv.weight.detach(), 2, 4))
 
 
+def _masks_now(model):
+    return {n: masks.maxq_mask(m.weight.detach(), m.maxq.N, m.maxq.M)
+            for n, m in sparse.sparse_layers(model).items()}
+
+
+def _perturb_(model, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in sparse.sparse_layers(model).values():
+            m.weight.add_(0.05 * torch.randn(m.weight.shape, generator=g))
+
+
+def test_parallel_refresh_equals_one_layer_after_another():
+    a, b = small_model("resnet50"), small_model("resnet50")
+    b.load_state_dict(a.state_dict())
+    _perturb_(a, 1)
+    _perturb_(b, 1)
+    assert sparse.refresh_masks(a, workers=1) == sparse.refresh_masks(b, workers=2) == 52
+    for (name, ma), mb in zip(sparse.current_masks(a).items(), sparse.current_masks(b).values()):
+        assert torch.equal(ma, mb), name
+    for name, expected in _masks_now(a).items():
+        assert torch.equal(sparse.current_masks(a)[name], expected), name
+
+
+def test_model_forward_refreshes_masks_up_front_and_a_lone_layer_itself():
+    model = small_model().train()
+    conv = layer(model)
+    calls = []
+    compute = conv.maxq.compute_mask
+    conv.maxq.compute_mask = lambda w: calls.append(1) or compute(w)
+    _perturb_(model, 2)
+    model(torch.randn(2, 1, 32, 32))
+    assert len(calls) == 1                     # by the pre-hook; the layer used that mask
+    assert all(torch.equal(sparse.current_masks(model)[n], m) for n, m in _masks_now(model).items())
+    _perturb_(model, 3)
+    conv(torch.randn(2, 64, 8, 8))             # called alone: recomputes for its new weight
+    assert len(calls) == 2
+    assert torch.equal(conv.weight_mask, masks.maxq_mask(conv.weight.detach(), 2, 4))
+
+
+def test_mask_interval_refreshes_every_kth_forward():
+    model = small_model().train()
+    sparse.set_mask_interval(model, 3)
+    conv = layer(model)
+    seen = []
+    for step in range(7):
+        _perturb_(model, 10 + step)
+        before = conv.weight_mask.clone()
+        model(torch.randn(2, 1, 32, 32))
+        changed = not torch.equal(conv.weight_mask, before)
+        seen.append(changed)
+        if changed:
+            assert torch.equal(conv.weight_mask, masks.maxq_mask(conv.weight.detach(), 2, 4))
+    assert seen == [True, False, False, True, False, False, True]
+    sparse.set_mask_interval(model, 2, forwards=1)          # resumed after an odd step count
+    before = conv.weight_mask.clone()
+    model(torch.randn(2, 1, 32, 32))
+    assert torch.equal(conv.weight_mask, before)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="mask interval"):
+            sparse.set_mask_interval(model, bad)
+
+
 def test_dense_fraction_reaches_the_layers():
     model = small_model()
     sparse.set_dense_fraction(model, 1.0)
@@ -181,6 +244,7 @@ def test_folded_model_matches_eval_output_and_is_plain():
         got = folded(x)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert type(dict(folded.named_modules())["layer1.0.conv1"]) is nn.Conv2d
+    assert not folded._forward_pre_hooks                  # the mask refresh hook is gone
     assert not any(k.endswith("weight_mask") for k in folded.state_dict())
     rows = sparse.check_nm(folded)
     assert all(r["ok"] and r["valid_2to4"] for r in rows)
