@@ -151,7 +151,14 @@ def test_parallel_refresh_equals_one_layer_after_another():
     b.load_state_dict(a.state_dict())
     _perturb_(a, 1)
     _perturb_(b, 1)
-    assert sparse.refresh_masks(a, workers=1) == sparse.refresh_masks(b, workers=2) == 52
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)             # one after another, each op on 2 threads ...
+    try:
+        assert sparse.refresh_masks(a, workers=1) == 52
+    finally:
+        torch.set_num_threads(threads)
+    assert sparse.refresh_masks(b, workers=2) == 52   # ... vs side by side, 1 thread each
+    assert torch.get_num_threads() == threads         # the caller's setting is untouched
     for (name, ma), mb in zip(sparse.current_masks(a).items(), sparse.current_masks(b).values()):
         assert torch.equal(ma, mb), name
     for name, expected in _masks_now(a).items():
