@@ -332,9 +332,12 @@ def srste_decay_(model: nn.Module, lam: float) -> None:
     if lam == 0:
         return
     for module in sparse_layers(model).values():
-        if module.weight.grad is not None:
-            pruned = 1.0 - module.weight_mask.clamp(0, 1)
-            module.weight.grad.add_(pruned * module.weight, alpha=lam)
+        grad = module.weight.grad
+        if grad is not None:
+            # every mask value is 0 or >= 1 (S = B ⊙ (1 + Q_f + Q_k), Q >= 0; B; ASP's 0/1),
+            # so 1 - clip(S, 0, 1) is exactly the indicator S == 0
+            pruned = module.weight_mask == 0
+            grad.add_(torch.where(pruned, module.weight, 0.0), alpha=lam)
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -106,9 +106,11 @@ def test_hard_gradient_is_scaled_by_the_soft_mask():
     torch.testing.assert_close(grad_hard, reference.weight.grad * conv.weight_mask)
 
 
-def test_srste_decay_touches_pruned_weights_only():
+@pytest.mark.parametrize("method", ["SoftSRSTEConv2dBN", "SoftMaxQConv2DBN", "MaxQHardAxis",
+                                    "ASPFixedMask"])
+def test_srste_decay_touches_pruned_weights_only(method):
     torch.manual_seed(0)
-    model = small_model(method="SoftSRSTEConv2dBN")
+    model = small_model(method=method)
     model(torch.randn(4, 1, 32, 32)).sum().backward()
     conv = layer(model)
     before = conv.weight.grad.clone()
@@ -117,6 +119,9 @@ def test_srste_decay_touches_pruned_weights_only():
     pruned = conv.weight_mask == 0
     torch.testing.assert_close(delta[pruned], 0.5 * conv.weight[pruned].detach())
     assert torch.equal(delta[~pruned], torch.zeros_like(delta[~pruned]))
+    # bit for bit the formula of method.md §6: g + lam * (1 - clip(S, 0, 1)) * W
+    formula = before + 0.5 * ((1.0 - conv.weight_mask.clamp(0, 1)) * conv.weight.detach())
+    assert torch.equal(conv.weight.grad, formula)
 
 
 def test_training_forward_recomputes_mask_and_eval_uses_the_stored_one():
