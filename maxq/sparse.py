@@ -300,7 +300,7 @@ def _refresh_before_forward(model: nn.Module, args) -> None:
     for m in layers:
         m.maxq.forwards += 1
     if due:
-        refresh_masks(model, state.workers)
+        _refresh(layers, state.workers)
 
 
 def sparse_layers(model: nn.Module) -> dict[str, nn.Module]:

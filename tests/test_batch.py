@@ -218,6 +218,10 @@ def test_row_notebook_parameters_cover_every_training_option():
 
     params = batch.notebook_parameters(ROOT / "notebooks" / "row.ipynb")
     assert set(params) == {f.name for f in fields(TrainConfig)}
+    # ... and the notebook hands every one of them to TrainConfig
+    source = (ROOT / "notebooks" / "row.ipynb").read_text()
+    missing = [f.name for f in fields(TrainConfig) if f'"    {f.name}={f.name},\\n"' not in source]
+    assert not missing, missing
 
 
 def test_notebook_without_parameters_cell(tmp_path):
