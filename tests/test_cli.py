@@ -108,6 +108,7 @@ def test_kit_flags():
     (["--nesterov", "maybe"], "expected True or False"),
     (["--epochs", "two"], "invalid int value"),
     (["--amp", "bf16", "--device", "cpu"], "needs CUDA"),
+    (["--mask-interval", "0"], "--mask-interval must be an integer >= 1; got 0"),
 ])
 def test_bad_flags_give_one_error_line(capsys, tmp_path, argv, message):
     save_dir = tmp_path / "run"
