@@ -451,7 +451,7 @@ def _refine(rows, k: int, scratch, bracket: _Bracket, lo, hi, rounds: int = 6):
     R, L = rows.R, rows.L
     target = max(32, L // 256)                         # in-window entries per row to stop at
     b = bracket
-    for _ in range(rounds):
+    for _ in range(max(1, rounds)):                    # (the first round also bounds b.hi)
         hi = torch.maximum(lo, hi)
         c_lo, c_hi = rows.counts(lo, hi, scratch)
         b.update(k, L, lo, hi, c_lo, c_hi)
@@ -465,8 +465,6 @@ def _refine(rows, k: int, scratch, bracket: _Bracket, lo, hi, rounds: int = 6):
         half = width * (1.5 * w.sqrt() + 2) / w
         lo = torch.maximum(b.lo, pos - half)
         hi = torch.minimum(b.hi, pos + half)
-    if bool(torch.isinf(b.hi).any()):
-        b.hi = torch.where(torch.isinf(b.hi), rows.row_max(), b.hi)
     vk, vk1, ok, n_in, _, _ = _window_select(rows, k, b.lo, b.hi, scratch)
     bad = (~ok).nonzero().flatten()
     if bad.numel():
