@@ -73,7 +73,10 @@ RUNNER_KEYS = ("study", "row", "seed", "conv_bn_type", "save_dir", "overwrite", 
 VOLATILE_KEYS = ("save_dir", "data", "resume", "overwrite", "progress", "workers", "device",
                  "evaluate", "pretrained", "snapshot_epochs", "amp", "channels_last")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_STUDY_KEYS = {"study", "defaults", "rows"}
+_STUDY_KEYS = {"study", "defaults", "rows", "claims"}
+#: keys of a [[claims]] entry: claim text, the paper's statement, run A vs run B (table-row id
+#: and method each), and for "margin" claims the margin in points (A within ``margin`` of B)
+_CLAIM_KEYS = {"claim", "paper", "row_a", "method_a", "row_b", "method_b", "margin"}
 _STUDY_META_KEYS = {"description", "methods", "seeds", "notebook", "method_labels", "focus",
                     "scale_note"}
 _ROW_META_KEYS = {"id", "methods", "method", "seeds", "arms", "note"}
@@ -139,6 +142,7 @@ class Study:
     method_labels: dict[str, str] = field(default_factory=dict)
     focus: str | None = None
     scale_note: str = ""
+    claims: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -201,7 +205,7 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
     unknown = set(data) - _STUDY_KEYS
     if unknown:
         raise StudyError(f"{where}: unknown top-level tables {sorted(unknown)}; "
-                         f"allowed: [study], [defaults], [[rows]]")
+                         f"allowed: [study], [defaults], [[rows]], [[claims]]")
     meta = data.get("study", {})
     unknown = set(meta) - _STUDY_META_KEYS
     if unknown:
@@ -237,11 +241,32 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
         if "arms" in row and not isinstance(row["arms"], dict):
             raise StudyError(f"{label}: 'arms' must be a table {{group = \"arm\"}}")
         checked.append(row)
+    claims = [_check_claim(c, i, where, seen) for i, c in enumerate(data.get("claims", []))]
     return Study(name=name, path=path, description=str(meta.get("description", "")),
                  defaults=defaults, rows=checked, methods=methods, seeds=seeds,
                  notebook=meta.get("notebook"),
                  method_labels=dict(meta.get("method_labels", {})),
-                 focus=meta.get("focus"), scale_note=str(meta.get("scale_note", "")))
+                 focus=meta.get("focus"), scale_note=str(meta.get("scale_note", "")),
+                 claims=claims)
+
+
+def _check_claim(claim: Any, i: int, where: str, row_ids: set[str]) -> dict[str, Any]:
+    label = f"{where} claim {i + 1}"
+    if not isinstance(claim, dict):
+        raise StudyError(f"{label}: must be a table")
+    unknown = set(claim) - _CLAIM_KEYS
+    missing = {"claim", "row_a", "method_a", "row_b", "method_b"} - set(claim)
+    if unknown or missing:
+        raise StudyError(f"{label}: unknown keys {sorted(unknown)}, missing {sorted(missing)}; "
+                         f"allowed: {sorted(_CLAIM_KEYS)}")
+    for key in ("row_a", "row_b"):
+        if claim[key] not in row_ids:
+            raise StudyError(f"{label}: {key} {claim[key]!r} is not a row id of the study")
+    if "margin" in claim and not (isinstance(claim["margin"], (int, float))
+                                  and not isinstance(claim["margin"], bool)
+                                  and claim["margin"] >= 0):
+        raise StudyError(f"{label}: margin must be a number >= 0 (points)")
+    return dict(claim)
 
 
 def _check_runner_keys(table: dict, where: str) -> None:

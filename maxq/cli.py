@@ -126,18 +126,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     seed.add_argument("--M", dest="M", type=int, default=d.M, help="M of N:M sparsity")
     seed.add_argument("--decay", type=float, default=d.decay, help="SR-STE decay lambda")
     seed.add_argument("--decay-type", dest="decay_type", default=d.decay_type,
-                      help=f"SR-STE decay type; one of {', '.join(DECAY_TYPES)}")
-    seed.add_argument("--increase-start", dest="increase_start", type=int,
+                      help=f"SR-STE decay type; one of {', '.join(DECAY_TYPES)} (v2 means no "
+                           f"decay in the authors' code: accepted with a warning, = --decay 0)")
+    seed.add_argument("--increase-start", "--decay-start", dest="increase_start", type=int,
                       default=d.increase_start,
-                      help="epoch where the share of N:M blocks starts to grow")
-    seed.add_argument("--increase-end", dest="increase_end", type=int, default=d.increase_end,
-                      help="epoch from which every block is N:M (must be <= --epochs)")
+                      help="epoch where the share of N:M blocks starts to grow (--decay-start: "
+                           "the authors' scripts' name)")
+    seed.add_argument("--increase-end", "--decay-end", dest="increase_end", type=int,
+                      default=d.increase_end,
+                      help="epoch from which every block is N:M (must be <= --epochs; "
+                           "--decay-end: the authors' scripts' name)")
     seed.add_argument("--tau", type=float, default=d.tau, help="temperature of MaxQ's soft queries")
     seed.add_argument("--prune-schedule", dest="prune_schedule", default=d.prune_schedule,
                       help=f"incremental schedule; one of {', '.join(schedules.SCHEDULES)}")
     seed.add_argument("--no-bn-decay", dest="no_bn_decay", type=_bool, nargs="?", const=True,
                       default=d.no_bn_decay, metavar="BOOL",
-                      help="no weight decay on BatchNorm and bias parameters")
+                      help="no weight decay on BatchNorm and bias parameters (default: True for "
+                           "ImageNet sets, as the authors' scripts, False otherwise)")
     seed.add_argument("--warmup-length", dest="warmup_length", type=int, default=d.warmup_length,
                       help="epochs of linear learning-rate warm-up")
     seed.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float,
@@ -170,6 +175,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                      metavar="K",
                      help="recompute the masks every K-th training step and keep them in between "
                           "(1, the paper's setting: every step)")
+    kit.add_argument("--lighting", default=d.lighting,
+                     help="colour augmentation of the ImageNet sets: authors (their "
+                          "ColorAugmentation), pca (AlexNet PCA lighting) or none")
+    kit.add_argument("--width-mult", dest="width_mult", type=float, default=d.width_mult,
+                     help="channel width multiplier of the architecture (1.0: the paper's nets; "
+                          "smaller for CPU proxies)")
+    kit.add_argument("--recalibrate-bn", dest="recalibrate_bn", type=int,
+                     default=d.recalibrate_bn, metavar="K",
+                     help="recompute BatchNorm running statistics from K training batches before "
+                          "every evaluation (0: off, the authors' recipe); for nets whose BN "
+                          "momentum is too slow for short runs, e.g. MobileNetV3 (0.01)")
     kit.add_argument("--lr-policy", dest="lr_policy", default=d.lr_policy,
                      help="learning-rate schedule, updated once per epoch: cosine or step "
                           "(x0.1 every 30 epochs)")

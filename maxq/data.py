@@ -81,6 +81,8 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_FOLDERS",
     "IMAGENET_PCA",
+    "AUTHORS_COLOR",
+    "LIGHTINGS",
 ]
 
 
@@ -94,7 +96,8 @@ class DataError(ValueError):
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# AlexNet PCA lighting noise (Krizhevsky et al. 2012), as in the authors' scripts.
+# AlexNet PCA lighting noise (Krizhevsky et al. 2012): eigenvectors are the COLUMNS of eigvec
+# (principal direction (-0.57, -0.58, -0.58), a brightness shift).
 IMAGENET_PCA = {
     "eigval": (0.2175, 0.0188, 0.0045),
     "eigvec": (
@@ -103,7 +106,33 @@ IMAGENET_PCA = {
         (-0.5836, -0.6948, 0.4203),
     ),
 }
+# The authors' ColorAugmentation (their data/imagenet.py) prints the AlexNet matrix with its
+# columns in reverse order and multiplies (eigval * alpha) by it from the left, so its
+# eigenvectors are the ROWS of that matrix: colour moves mainly along (0.40, 0.72, -0.57)
+# (0.4009, 0.7192, -0.5675 with eigenvalue 0.2175). Stored here in this module's column
+# convention (column j pairs with eigval j), so ``Lighting`` reproduces their shift exactly.
+_AUTHORS_MATRIX = (                                   # their eig_vec, row i pairs with eigval i
+    (0.4009, 0.7192, -0.5675),
+    (-0.8140, -0.0045, -0.5808),
+    (0.4203, -0.6948, -0.5836),
+)
+AUTHORS_COLOR = {
+    "eigval": (0.2175, 0.0188, 0.0045),
+    "eigvec": tuple(zip(*_AUTHORS_MATRIX)),
+}
 LIGHTING_STD = 0.1
+#: ``lighting`` choices of the ImageNet sets: the authors' ColorAugmentation (default), the
+#: standard AlexNet PCA lighting, or none
+LIGHTINGS = {"authors": AUTHORS_COLOR, "pca": IMAGENET_PCA, "none": None}
+
+
+def lighting_pca(lighting: str | bool) -> dict | None:
+    """The eigen-decomposition behind a ``lighting`` choice (``True``: ``"authors"``, ``False``:
+    ``"none"``); ``DataError`` for an unknown name."""
+    name = ("authors" if lighting else "none") if isinstance(lighting, bool) else lighting
+    if name not in LIGHTINGS:
+        raise DataError(f"unknown lighting {lighting!r}; choose one of {', '.join(LIGHTINGS)}")
+    return LIGHTINGS[name]
 
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
@@ -148,7 +177,7 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {
     "ImageNet": DatasetSpec(
         "ImageNet", 1000, 3, 224, False, IMAGENET_MEAN, IMAGENET_STD, "imagefolder",
-        "ImageFolder DATA/train, DATA/val; RandomResizedCrop+flip+PCA lighting; "
+        "ImageFolder DATA/train, DATA/val; RandomResizedCrop+flip+colour lighting; "
         "eval Resize 256/CenterCrop 224 (torchvision DataLoader)",
         eval_resize=256,
     ),
@@ -630,15 +659,17 @@ class Lighting:
         return f"Lighting(alphastd={self.alphastd})"
 
 
-def imagenet_transforms(size: int = 224, *, train: bool, lighting: bool = True):
-    """The paper's torchvision transforms at ``size`` (eval: resize ``size*256/224``)."""
+def imagenet_transforms(size: int = 224, *, train: bool, lighting: str | bool = "authors"):
+    """The paper's torchvision transforms at ``size`` (eval: resize ``size*256/224``);
+    ``lighting``: ``"authors"`` (their ColorAugmentation), ``"pca"`` (AlexNet) or ``"none"``."""
     from torchvision import transforms as T
 
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     if train:
         steps = [T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor()]
-        if lighting:
-            steps.append(Lighting())
+        pca = lighting_pca(lighting)
+        if pca is not None:
+            steps.append(Lighting(eigval=pca["eigval"], eigvec=pca["eigvec"]))
         return T.Compose(steps + [normalize])
     return T.Compose([T.Resize(int(size * 256 / 224)), T.CenterCrop(size), T.ToTensor(),
                       normalize])
@@ -771,7 +802,8 @@ class FolderLoader(_EpochBatches):
 
 
 def _imagefolder_loaders(spec, data, *, batch_size, workers, image_size, train_subset,
-                         val_subset, seed, rank, world_size, device, drop_last) -> Loaders:
+                         val_subset, seed, rank, world_size, device, drop_last,
+                         lighting="authors") -> Loaders:
     if data is None or str(data) == "":
         raise DataError(f"{spec.name} needs --data DIR with train/ and val/ ImageFolder trees")
     root = Path(data).expanduser()
@@ -790,10 +822,11 @@ def _imagefolder_loaders(spec, data, *, batch_size, workers, image_size, train_s
     common = dict(batch_size=batch_size, seed=seed, rank=rank, world_size=world_size)
     if spec.kind == "dali":
         train, val = _dali_loaders(tr_samples, va_samples, size=size, workers=workers,
-                                   device=device, drop_last=drop_last, **common)
+                                   device=device, drop_last=drop_last, lighting=lighting, **common)
     else:
         pin = _torch_device(device).type == "cuda"
-        train = FolderLoader(tr_samples, imagenet_transforms(size, train=True), workers=workers,
+        train = FolderLoader(tr_samples, imagenet_transforms(size, train=True, lighting=lighting),
+                             workers=workers,
                              train=True, drop_last=drop_last, pin_memory=pin, **common)
         val = FolderLoader(va_samples, imagenet_transforms(size, train=False), workers=workers,
                            train=False, drop_last=False, pin_memory=pin, **common)
@@ -821,7 +854,7 @@ def _import_dali():
 
 def dali_pipeline(files: Sequence[str], labels: Sequence[int], *, batch_size: int, size: int,
                   train: bool, num_threads: int, seed: int, device_id: int | None = None,
-                  lighting: bool = True, prefetch: int = 2):
+                  lighting: str | bool = "authors", prefetch: int = 2):
     """A built DALI pipeline over ``files`` in the given order: outputs ``images`` (float CHW,
     ImageNet-normalised) and ``labels``; reader name ``"Reader"``.
 
@@ -851,9 +884,10 @@ def dali_pipeline(files: Sequence[str], labels: Sequence[int], *, batch_size: in
                                interp_type=types.INTERP_LINEAR, antialias=True)
             mirror = fn.random.coin_flip(probability=0.5)
             mean: Any = mean255
-            if lighting:
+            pca = lighting_pca(lighting)
+            if pca is not None:
                 alpha = fn.random.normal(shape=[3], stddev=LIGHTING_STD)
-                ev, V = IMAGENET_PCA["eigval"], IMAGENET_PCA["eigvec"]
+                ev, V = pca["eigval"], pca["eigvec"]
                 a = [alpha[j] * ev[j] for j in range(3)]
                 # img01 + rgb, then normalise == (img255 - (mean255 - 255*rgb)) / std255
                 mean = fn.stack(*[mean255[c] - 255.0 * (V[c][0] * a[0] + V[c][1] * a[1]
@@ -886,7 +920,7 @@ class DaliLoader(_EpochBatches):
 
     def __init__(self, samples, *, batch_size: int, workers: int, train: bool, size: int,
                  seed: int, rank: int, world_size: int, drop_last: bool, device: str,
-                 lighting: bool = True):
+                 lighting: str | bool = "authors"):
         _import_dali()
         self.samples = samples
         self.train = train
@@ -969,9 +1003,10 @@ class DaliLoader(_EpochBatches):
         del it, pipe
 
 
-def _dali_loaders(tr_samples, va_samples, *, size, workers, device, drop_last, **common):
+def _dali_loaders(tr_samples, va_samples, *, size, workers, device, drop_last,
+                  lighting="authors", **common):
     train = DaliLoader(tr_samples, size=size, workers=workers, train=True, device=device,
-                       drop_last=drop_last, **common)
+                       drop_last=drop_last, lighting=lighting, **common)
     val = DaliLoader(va_samples, size=size, workers=workers, train=False, device=device,
                      drop_last=False, **common)
     return train, val
@@ -986,8 +1021,10 @@ def build_loaders(set_name: str, data: str | os.PathLike | None, *, batch_size: 
                   workers: int = 0, image_size: int | None = None, train_subset: int | None = None,
                   val_subset: int | None = None, seed: int = 0, distributed: bool = False,
                   rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
-                  drop_last: bool = True) -> Loaders:
+                  drop_last: bool = True, lighting: str = "authors") -> Loaders:
     """Train and val loaders for ``set_name`` (a key of :data:`DATASETS`); see the module doc.
+
+    ``lighting`` (ImageNet sets): the colour augmentation, one of :data:`LIGHTINGS`.
 
     ``workers``: DataLoader worker processes (ImageNet), DALI threads (ImageNetDali); the
     in-memory sets run in the main process and ignore it.  ``distributed=False`` forces
@@ -1011,7 +1048,8 @@ def build_loaders(set_name: str, data: str | os.PathLike | None, *, batch_size: 
         else:
             xtr, ytr, xva, yva, classes = read_cifar(set_name, data)
         return _tensor_loaders(spec, xtr, ytr, xva, yva, classes=classes, **common)
-    return _imagefolder_loaders(spec, data, workers=workers, **common)
+    lighting_pca(lighting)                            # an unknown name fails before any scan
+    return _imagefolder_loaders(spec, data, workers=workers, lighting=lighting, **common)
 
 
 # --------------------------------------------------------------------------------------------

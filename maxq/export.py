@@ -315,11 +315,13 @@ class LoadedRun:
     run_dir: Path | None
     config: dict = field(default_factory=dict)
     epoch: int | None = None
+    width_mult: float = 1.0
 
     def build_stock(self) -> nn.Module:
         from maxq import models
 
-        return models.build(self.arch, self.num_classes, self.in_channels, self.small_input)
+        return models.build(self.arch, self.num_classes, self.in_channels, self.small_input,
+                            width_mult=self.width_mult)
 
     def info(self) -> dict[str, Any]:
         return {"arch": self.arch, "method": self.method, "N": self.N, "M": self.M,
@@ -396,6 +398,7 @@ def _config_fields(config: dict) -> dict[str, Any]:
         "N": pick("N"), "M": pick("M"), "num_classes": pick("num_classes"),
         "in_channels": pick("in_channels"), "small_input": pick("small_input"),
         "image_size": pick("image_size"), "tau": pick("tau", default=0.01), "set": pick("set"),
+        "width_mult": pick("width_mult", default=1.0),
     }
 
 
@@ -493,7 +496,8 @@ def load_run(path: str | Path, *, arch: str | None = None, N: int | None = None,
     if not any(k.endswith(".weight_mask") for k in state):
         raise ExportError(f"{ckpt} holds no N:M masks (no '*.weight_mask' buffers): it is a dense "
                           f"checkpoint; nothing to export as {N}:{M}")
-    model = models.build(arch, num_classes, in_channels, small_input)
+    width_mult = float(fields["width_mult"])
+    model = models.build(arch, num_classes, in_channels, small_input, width_mult=width_mult)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -508,7 +512,8 @@ def load_run(path: str | Path, *, arch: str | None = None, N: int | None = None,
     model.eval()
     return LoadedRun(model=model, arch=arch, method=spec.name, N=N, M=M, num_classes=num_classes,
                      in_channels=in_channels, small_input=small_input, image_size=image_size,
-                     checkpoint=ckpt, run_dir=run_dir, config=config, epoch=meta.get("epoch"))
+                     checkpoint=ckpt, run_dir=run_dir, config=config, epoch=meta.get("epoch"),
+                     width_mult=width_mult)
 
 
 def _state_mismatch(ckpt: Path, arch: str, expected: dict, got: dict, exc: Exception) -> str:

@@ -62,8 +62,8 @@ SELECTIONS = ("smallest", "largest", "random")
 _CHUNK = 64          # entries per chunk when counting window hits
 _FILTER_CHUNK = 8    # entries per chunk on the (short) filter-axis rows
 
-__all__ = ["AXES", "SELECTIONS", "nm_mask", "maxq_mask", "axis_query", "block_l1",
-           "dense_blocks", "query_k"]
+__all__ = ["AXES", "SELECTIONS", "nm_mask", "maxq_mask", "maxq_v1_mask", "axis_query",
+           "block_l1", "dense_blocks", "query_k"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -725,3 +725,30 @@ def _axis_term(rows, A, Bf, k, vk, vk1, tau, hard, Y) -> None:
         rows.set_rows(Y, special, vals)
     if not hard:
         Y.sigmoid_()
+
+
+# ----------------------------------------------------------------------------------------------
+# the authors' first variant ("V1"), an ablation arm
+# ----------------------------------------------------------------------------------------------
+def maxq_v1_mask(weight: torch.Tensor, N: int, M: int) -> torch.Tensor:
+    """The authors' MaxQ "V1" mask: ``S = B ⊙ ((1 + H_filter) + H_kernel)`` with 0/1 indicators.
+
+    Differs from :func:`maxq_mask` with ``axis="hard"`` in one place: the kernel-axis term is
+    also applied to 1x1 convs (and linears), where its single row spans all ``Co·Ci`` weights,
+    so a 1x1 mask takes the values 0, 1, 2, 3. V1 has no incremental sparsity (no dense blocks).
+    ``H`` keeps the ``L - k`` largest of a row, ``k = floor((M-N)·L/M)``; ties: lower index
+    kept, as everywhere in this module. Plain (kthvalue-based) selections: an ablation arm.
+    """
+    _check(weight, N, M)
+    if N == M:
+        return torch.ones_like(weight)
+    A = _magnitudes(weight)
+    A4 = A if A.dim() == 4 else A.view(*A.shape, 1, 1)
+    Co, Ci, kh, kw = A4.shape
+    B = _block_keep(A, N, M).view(A4.shape)
+    Xf = A4.reshape(Co, Ci * kh * kw)
+    Hf = axis_query(Xf, query_k(Xf.shape[1], N, M), hard=True).view(A4.shape)
+    Xk = A4.reshape(Co * Ci, kh * kw).T
+    Hk = axis_query(Xk, query_k(Xk.shape[1], N, M), hard=True).T.reshape(A4.shape)
+    S = B.to(torch.float32) * ((1 + Hf) + Hk)
+    return S.view(weight.shape).to(weight.dtype)

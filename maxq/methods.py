@@ -12,7 +12,8 @@ from dataclasses import dataclass
 class MethodSpec:
     name: str
     #: "none" (dense), "nm" (hard N:M every step), "maxq" (soft multi-axis mask every step),
-    #: "fixed" (N:M by magnitude once, at sparsify time, then frozen: ASP)
+    #: "maxq_v1" (the authors' V1 mask every step), "fixed" (N:M by magnitude once, at sparsify
+    #: time, then frozen: ASP)
     mask: str
     #: "soft": straight-through, the gradient reaches every latent weight unchanged;
     #: "hard": gradient multiplied by the mask
@@ -43,7 +44,13 @@ _SPECS = [
     MethodSpec("HardMaxQConv2DBN", "maxq", "hard", "soft", True,
                description="full MaxQ with the gradient multiplied by the mask"),
     MethodSpec("MaxQHardAxis", "maxq", "soft", "hard", True,
-               description="ablation: 0/1 axis indicators instead of sigmoids (authors' V1)"),
+               description="ablation: full MaxQ with 0/1 axis indicators instead of sigmoids "
+                           "(kernel-axis term on kxk convs only, incremental share); not the "
+                           "authors' V1"),
+    MethodSpec("MaxQV1", "maxq_v1", "soft", "hard", False,
+               description="ablation: the authors' V1 (mullt_axis_query_v1): 0/1 filter- and "
+                           "kernel-axis indicators, the kernel term on 1x1 convs too, no "
+                           "incremental sparsity"),
     MethodSpec("MaxQNoIncremental", "maxq", "soft", "soft", False,
                description="ablation: soft-axis MaxQ, plain N:M from the first step"),
     MethodSpec("MaxQInverseSelection", "maxq", "soft", "soft", True, "largest",

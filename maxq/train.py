@@ -17,7 +17,9 @@ masks after the first epoch, ``best_epoch`` in result.json is a ``t``, and check
 Per epoch ``t``: reseed every RNG from ``(seed, t)``; set ``rho(t)`` on the sparse layers (0 for
 methods that are not incremental) and the learning rate; train (the sparse layers recompute their
 mask on every training forward; SR-STE decay after backward, after AMP unscale, before the
-step); evaluate (the stored mask, as the authors do); then, on rank 0, append the metrics.jsonl
+step); recompute every mask from the epoch's final weights (as the authors do before
+validating and saving); optionally recompute BatchNorm statistics (``recalibrate_bn``); evaluate
+with those masks; then, on rank 0, append the metrics.jsonl
 row and the layers.jsonl rows (``flipped`` is measured against the previous epoch's hard masks, or
 null for the first epoch), write the mask snapshot when ``t`` is a snapshot epoch (every
 ``snapshot_epochs``-th, i.e. ``(t + 1) % k == 0``, or the listed ones; always the first and the
@@ -63,7 +65,9 @@ from torch import nn
 from maxq import records
 
 IMAGENET_SETS = ("ImageNet", "ImageNetDali")
-DECAY_TYPES = ("v1",)
+#: "v2" is accepted for the authors' scripts: in their code it calls a method no layer defines,
+#: i.e. no decay; the kit warns once and trains as with ``--decay 0``
+DECAY_TYPES = ("v1", "v2")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 #: config fields that do not change what a run computes: a resume may differ in these
@@ -87,9 +91,11 @@ class TrainConfig:
     train_subset: int | None = None          # class-balanced subset sizes (seconds-scale runs)
     val_subset: int | None = None
     workers: int = 4                         # --workers / -j
+    lighting: str = "authors"                # ImageNet colour augmentation: authors | pca | none
     # model and method
     arch: str = "resnet18"                   # --arch / -a
     small_input: bool | None = None          # None: the set's choice (True for 32 px sets)
+    width_mult: float = 1.0                  # channel width multiplier (1.0: the paper's nets)
     conv_bn_type: str = "SoftMaxQConv2DBN"   # --conv-bn-type: the method
     N: int = 2
     M: int = 4
@@ -109,9 +115,12 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
-    no_bn_decay: bool = False                # True: no weight decay on 1-D params (BN, biases)
+    no_bn_decay: bool | None = None          # no weight decay on 1-D params (BN, biases);
+                                             # None: True for ImageNet sets (the authors' assert)
     label_smoothing: float | None = None     # None: 0.1 for ImageNet sets, 0 otherwise
     seed: int = 0
+    recalibrate_bn: int = 0                  # K > 0: recompute BN statistics from K train
+                                             # batches before every evaluation (0: off)
     # run directory
     save_dir: str | None = None              # None: runs/<set>_<arch>_<method>_<N>of<M>_s<seed>
     resume: bool | str = False               # True: save_dir/checkpoint.pth; or a checkpoint path
@@ -158,11 +167,15 @@ class TrainConfig:
                                      ("--device", self.device, DEVICES),
                                      ("--amp", self.amp, AMP_MODES)):
             need(value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+        need(self.lighting in maxq_data.LIGHTINGS,
+             f"unknown --lighting {self.lighting!r}; choose one of "
+             f"{', '.join(maxq_data.LIGHTINGS)}")
         for name in ("N", "M", "epochs", "batch_size", "print_freq", "mask_interval"):
             value = getattr(self, name)
             need(is_int(value) and value >= 1, f"--{name.replace('_', '-')} must be an integer "
                                                f">= 1; got {value!r}")
-        for name in ("workers", "increase_start", "increase_end", "warmup_length", "seed"):
+        for name in ("workers", "increase_start", "increase_end", "warmup_length", "seed",
+                     "recalibrate_bn"):
             value = getattr(self, name)
             need(is_int(value) and value >= 0, f"--{name.replace('_', '-')} must be an integer "
                                                f">= 0; got {value!r}")
@@ -186,6 +199,8 @@ class TrainConfig:
         need(_is_number(self.momentum) and 0 <= self.momentum < 1,
              f"--momentum must be in [0, 1); got {self.momentum!r}")
         need(not (self.nesterov and self.momentum == 0), "--nesterov True needs --momentum > 0")
+        need(_is_number(self.width_mult) and 0 < self.width_mult <= 4,
+             f"--width-mult must be in (0, 4]; got {self.width_mult!r}")
         need(self.label_smoothing is None
              or (_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1),
              f"--label-smoothing must be in [0, 1); got {self.label_smoothing!r}")
@@ -239,6 +254,8 @@ class TrainConfig:
             self,
             label_smoothing=float(self.label_smoothing if self.label_smoothing is not None
                                   else (0.1 if self.set in IMAGENET_SETS else 0.0)),
+            no_bn_decay=bool(self.set in IMAGENET_SETS if self.no_bn_decay is None
+                             else self.no_bn_decay),
             small_input=bool(maxq_data.DATASETS[self.set].small_input
                              if self.small_input is None else self.small_input),
             device=device, amp=amp,
@@ -258,8 +275,10 @@ class TrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The resolved options that change what a run computes (compared on --resume)."""
         fingerprint = {k: v for k, v in self.to_dict().items() if k not in NOT_FINGERPRINTED}
-        if fingerprint["mask_interval"] == 1:      # the default, unknown to older checkpoints
-            del fingerprint["mask_interval"]
+        for name, default in (("mask_interval", 1), ("width_mult", 1.0), ("recalibrate_bn", 0),
+                              ("lighting", "authors")):
+            if fingerprint[name] == default:       # the default, unknown to older checkpoints
+                del fingerprint[name]
         return fingerprint
 
     @classmethod
@@ -504,7 +523,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int,
     from maxq import models, sparse
 
     model = models.build(cfg.arch, num_classes, in_channels=in_channels,
-                         small_input=bool(cfg.small_input))
+                         small_input=bool(cfg.small_input), width_mult=float(cfg.width_mult))
     has_masks = pretrained is not None and any(k.endswith("weight_mask") for k in pretrained)
     if pretrained is not None and not has_masks:
         # dense weights go in before sparsify: the first masks (ASP's frozen one) come from them
@@ -670,6 +689,46 @@ def evaluate_model(model: nn.Module, criterion: nn.Module, loader, *, rt: Runtim
     return stats
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, loader, batches: int, *, rt: Runtime,
+                          channels_last: bool = False) -> int:
+    """Recompute every BatchNorm's running statistics from ``batches`` training batches
+    ("precise BN"): reset them, then average the batch statistics with equal weights
+    (``momentum=None``). Only the BN layers run in training mode; the sparse layers stay in
+    eval mode, so their stored masks are used and nothing else changes. Returns the batches used.
+
+    Why: evaluation uses running statistics, an exponential average with BN's momentum. With
+    torchvision's MobileNetV3 (momentum 0.01) a run of a few hundred steps leaves them far from
+    the network's current statistics, and evaluation sits at chance though training learns."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return 0
+    modes = {m: m.training for m in model.modules()}
+    momenta = {bn: bn.momentum for bn in norms}
+    model.eval()
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    used = 0
+    try:
+        for images, _ in loader:
+            if used >= batches:
+                break
+            images = images.to(rt.device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with _autocast(rt):
+                model(images)
+            used += 1
+    finally:
+        for bn, momentum in momenta.items():
+            bn.momentum = momentum
+        for m, training in modes.items():
+            m.train(training)
+    return used
+
+
 def _autocast(rt: Runtime):
     if rt.amp_dtype is None:
         return nullcontext()
@@ -812,12 +871,13 @@ def train(config: TrainConfig) -> Path:
             cfg.set, cfg.data, batch_size=cfg.batch_size // rt.world_size, workers=cfg.workers,
             image_size=cfg.image_size, train_subset=cfg.train_subset, val_subset=cfg.val_subset,
             seed=cfg.seed, distributed=rt.distributed, rank=rt.rank, world_size=rt.world_size,
-            device=str(rt.device), drop_last=True)
+            device=str(rt.device), drop_last=True, lighting=cfg.lighting)
 
         # model: weights from --pretrained, masks from sparsify, then DDP
         pretrained = read_weights(cfg.pretrained) if cfg.pretrained else None
         model = build_model(cfg, loaders.spec.num_classes, loaders.spec.in_channels, pretrained)
-        layer_table = sparse.describe(model)
+        size = int(loaders.spec.image_size)
+        layer_table = sparse.describe(model, input_size=(1, loaders.spec.in_channels, size, size))
         checkpoint = load_checkpoint(resume_from, cfg) if resume_from is not None else None
         if checkpoint is not None:
             model.load_state_dict(checkpoint["state_dict"])
@@ -851,7 +911,9 @@ def train(config: TrainConfig) -> Path:
                              "val_size": loaders.val_size, "num_classes": loaders.spec.num_classes,
                              "in_channels": loaders.spec.in_channels,
                              "image_size": loaders.spec.image_size},
-                    "layers": layer_table, "started": datetime.now().isoformat(timespec="seconds"),
+                    "layers": layer_table,
+                    "dead_weight_share": sparse.weighted_dead_share(layer_table),
+                    "started": datetime.now().isoformat(timespec="seconds"),
                 })
         if checkpoint is not None:
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -877,6 +939,10 @@ def train(config: TrainConfig) -> Path:
             log(f"WARNING: --increase-end {cfg.increase_end} >= --epochs {cfg.epochs}: the last "
                 f"epoch still keeps dense blocks, the final model is not fully {cfg.N}:{cfg.M}")
 
+        decay_on = cfg.decay_type == "v1"
+        if not decay_on:
+            log(f"WARNING: --decay-type {cfg.decay_type} applies no SR-STE decay (in the authors' "
+                f"code it calls a method no layer defines): this run equals --decay 0")
         snapshot_at = _snapshot_epochs(cfg.snapshot_epochs, cfg.epochs)
         sparse.set_mask_interval(model_without_ddp, cfg.mask_interval,
                                  forwards=start_epoch * len(loaders.train))
@@ -892,7 +958,15 @@ def train(config: TrainConfig) -> Path:
                 group["lr"] = lr
             epoch_start = time.perf_counter()
             tr = train_one_epoch(model, criterion, optimizer, scaler, loaders.train, epoch=epoch,
-                                 cfg=cfg, rt=rt, log=log, srste=spec.sparse)
+                                 cfg=cfg, rt=rt, log=log, srste=spec.sparse and decay_on)
+            # as the authors do after every epoch (show_zero_num_and_update_mask): recompute
+            # every mask from the epoch's final weights, so evaluation, statistics, snapshots
+            # and checkpoints all use the mask of the weights they store
+            sparse.refresh_masks(model_without_ddp)
+            if cfg.recalibrate_bn:
+                loaders.train.set_epoch(epoch)
+                recalibrate_batchnorm(model_without_ddp, loaders.train, cfg.recalibrate_bn, rt=rt,
+                                      channels_last=bool(cfg.channels_last))
             # without the DDP wrapper: ranks may hold different numbers of val batches
             va = evaluate_model(model_without_ddp, criterion, loaders.val, rt=rt,
                                 channels_last=bool(cfg.channels_last), log=log,
