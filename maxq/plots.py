@@ -36,9 +36,12 @@ REPORT_FIGURES = {
     "mask_heatmaps": "soft masks of selected layers at snapshot epochs",
     "schedule_curves": "share of N:M blocks 1 − ρ(t) of every incremental schedule",
     "ablation_bars": "best top-1 per arm, mean ± std over seeds",
+    "accuracy_vs_flops": "top-1 (mean, 95 % CI) against GFLOPs per image, one line per method",
+    "top1_bars": "best top-1 per row and method, mean with 95 % CI over seeds (axis from 0)",
+    "paired_differences": "seed-paired MaxQ − SR-STE per row, mean with 95 % CI",
 }
 FORMATS = ("png", "svg")
-_METHOD_COLORS = {"SoftMaxQConv2DBN": "C0", "SoftSRSTEConv2dBN": "C1"}
+_METHOD_COLORS = {"SoftMaxQConv2DBN": "C0", "SoftSRSTEConv2dBN": "C1", "DenseConv2dBN": "0.45"}
 
 
 def save_figure(fig: Figure, path_stem: str | os.PathLike, *, dpi: int = 120,
@@ -427,7 +430,11 @@ def ablation_bars(table: pd.DataFrame, *, ylabel: str = "best top-1 (%)", ncols:
             low = float((finite - sub["std"].fillna(0).loc[finite.index]).min())
             high = float((finite + sub["std"].fillna(0).loc[finite.index]).max())
             pad = max(1.0, 0.15 * (high - low))
-            ax.set_ylim(max(0.0, low - 2 * pad), min(100.0, high + 2 * pad))
+            bottom = max(0.0, low - 2 * pad)
+            ax.set_ylim(bottom, min(100.0, high + 2 * pad))
+            if bottom > 0:                  # say so: bars of a cut axis exaggerate differences
+                ax.text(0.0, 1.0, f"axis cut at {bottom:.0f}", transform=ax.transAxes,
+                        fontsize=7, va="bottom", color="C3")
         ax.set_title(str(group), fontsize=9)
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
@@ -474,3 +481,94 @@ def mask_explorer(choose, runs: Sequence[str]):
     epoch_w.observe(draw, names="value")
     draw()
     return W.VBox([run_w, layer_w, epoch_w, out])
+
+
+# ----------------------------------------------------------------------------- evidence
+def accuracy_vs_flops(summary: pd.DataFrame, gflops: pd.DataFrame, *, title: str = "") -> Figure:
+    """The table as a trade-off curve (as pruning benchmarks draw it): one panel per
+    architecture, top-1 mean with its 95 % CI (error bars) against GFLOPs per image, one line
+    per sparse method across the N:M ratios, dense as a single star. Columns of ``summary``
+    from :func:`maxq.stats.summary`, of ``gflops`` from :func:`maxq.results.proxy_gflops`."""
+    if not len(summary) or not len(gflops):
+        return _empty(title or "accuracy vs FLOPs")
+    frame = summary.merge(gflops, on=["row", "method"])
+    unit = "GFLOPs"
+    if frame["gflops"].max() < 0.1:                   # CPU proxies: MFLOPs read better
+        frame = frame.assign(gflops=frame["gflops"] * 1e3)
+        unit = "MFLOPs"
+    archs = list(dict.fromkeys(frame["arch"]))
+    methods = list(dict.fromkeys(frame["method"]))
+    fig, axes = _grid(len(archs), 3, (5.0, 3.8))
+    for ax, arch in zip(axes.flat, archs):
+        sub = frame[frame["arch"] == arch]
+        for method in methods:
+            part = sub[sub["method"] == method].sort_values("gflops")
+            if not len(part):
+                continue
+            low = (part["top1_mean"] - part["top1_ci95_low"]).fillna(0.0)
+            high = (part["top1_ci95_high"] - part["top1_mean"]).fillna(0.0)
+            dense = method == "DenseConv2dBN"
+            ax.errorbar(part["gflops"], part["top1_mean"], yerr=[low, high],
+                        fmt="*" if dense else "o-", markersize=12 if dense else 5, capsize=3,
+                        color=_color(method, methods), label=_label(part, method))
+            if not dense:
+                for x, y, n, m in zip(part["gflops"], part["top1_mean"], part["N"], part["M"]):
+                    ax.annotate(f"{n}:{m}", (x, y), textcoords="offset points", xytext=(4, -10),
+                                fontsize=7)
+        ax.set_xlabel(f"{unit} per image (sparse layers × N/M)")
+        ax.set_ylabel("best top-1 (%), mean, 95 % CI")
+        ax.set_title(str(arch), fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title or "Accuracy against compute")
+    fig.tight_layout()
+    return fig
+
+
+def top1_bars(runs: pd.DataFrame, *, metric: str = "best_top1", title: str = "") -> Figure:
+    """Bars per row and method: mean over seeds with seaborn's 95 % CI (bootstrap over the
+    seeds); the value axis starts at 0."""
+    import seaborn as sns
+
+    runs = runs[runs["finished"].astype(bool)] if len(runs) else runs
+    if not len(runs):
+        return _empty(title or "top-1 per row")
+    rows = list(dict.fromkeys(runs["row"]))
+    labels = list(dict.fromkeys(runs["method_label"]))
+    palette = {_label(runs, m): _color(m, list(dict.fromkeys(runs["method"])))
+               for m in dict.fromkeys(runs["method"])}
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2.5), 4.0))
+    sns.barplot(data=runs, x="row", y=metric, hue="method_label", order=rows, hue_order=labels,
+                errorbar=("ci", 95), capsize=0.1, palette=palette, ax=ax)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("")
+    ax.set_ylabel(f"{metric.replace('_', ' ').replace('top1', 'top-1')} (%), axis from 0")
+    ax.tick_params(axis="x", labelrotation=30, labelsize=8)
+    for tick in ax.get_xticklabels():
+        tick.set_horizontalalignment("right")
+    ax.legend(fontsize=8, title=None, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title or "Top-1 per row (mean, 95 % CI over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def paired_differences(pairs: pd.DataFrame, *, label: str = "MaxQ − SR-STE",
+                       title: str = "") -> Figure:
+    """Seed-paired differences per row (columns of :func:`maxq.stats.pairwise`): mean with its
+    95 % CI, zero marked; the verdict beside each row."""
+    if not len(pairs):
+        return _empty(title or f"{label} per row")
+    fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(pairs) + 1.6))
+    y = np.arange(len(pairs))[::-1]
+    low = (pairs["delta_mean"] - pairs["delta_ci95_low"]).fillna(0.0)
+    high = (pairs["delta_ci95_high"] - pairs["delta_mean"]).fillna(0.0)
+    ax.errorbar(pairs["delta_mean"], y, xerr=[low, high], fmt="o", capsize=3, color="C0")
+    ax.axvline(0.0, color="k", linewidth=0.8)
+    ax.set_yticks(y, [f"{r}  ({v}, n={n})" for r, v, n in zip(
+        pairs["row"], pairs["verdict"], pairs["n_pairs"])], fontsize=8)
+    ax.set_xlabel(f"{label}, best top-1 (points), mean and 95 % CI over paired seeds")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title or f"{label} per row")
+    fig.tight_layout()
+    return fig

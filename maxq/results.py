@@ -46,11 +46,12 @@ METHOD_LABELS = {
 #: options copied from config.json into ``runs`` (those absent in a run stay NaN)
 SCALE_KEYS = ("set", "epochs", "batch_size", "image_size", "train_subset", "val_subset", "lr",
               "lr_policy", "weight_decay", "label_smoothing", "increase_start", "increase_end",
-              "prune_schedule", "tau", "decay", "device", "amp")
+              "prune_schedule", "tau", "decay", "device", "amp", "width_mult", "small_input",
+              "recalibrate_bn")
 RUN_COLUMNS = ("study", "run", "row", "arch", "N", "M", "method", "method_label", "seed",
                "finished", "best_top1", "best_top5", "best_epoch", "last_top1", "last_top5",
                "epochs_done", "wall_seconds", "paper_top1", "paper_top5", "paper_epochs",
-               *SCALE_KEYS, "arms", "run_dir")
+               *SCALE_KEYS, "in_channels", "dead_weight_share", "arms", "run_dir")
 #: the paper's input (ImageNet, 224 px) for the cost columns
 PAPER_INPUT = (3, 224, 224)
 
@@ -157,6 +158,9 @@ def _collect(name: str | None, dirs: Sequence[Path], planned: dict, spec: Any) -
             line[key] = paper.get(key, np.nan)
         for key in SCALE_KEYS:
             line[key] = cfg.get(key, np.nan)
+        line["in_channels"] = (rec["config"].get("data") or {}).get("in_channels", np.nan)
+        share = rec["config"].get("dead_weight_share")
+        line["dead_weight_share"] = np.nan if share is None else share
         line["arms"] = dict(plan.arms) if plan and plan.arms else {}
         line["run_dir"] = str(d)
         runs.append(line)
@@ -574,3 +578,35 @@ def mask_choice(results: Results, run: str | None = None, layer: str | None = No
     return {"run": run, "layer": layer, "epoch": epoch, "epochs": epochs, "layers": layers,
             "hard": snap[layer]["hard"], "soft": snap[layer]["soft"], "M": int(M),
             "runs": runs}
+
+
+# ----------------------------------------------------------------------------- cost of the proxy
+@functools.lru_cache(maxsize=None)
+def _proxy_cost_cached(arch: str, N: int, M: int, dense: bool, width_mult: float,
+                       small_input: bool, in_channels: int, image_size: int) -> float:
+    from maxq import export, models
+
+    model = models.build(arch, num_classes=10, in_channels=in_channels, small_input=small_input,
+                         width_mult=width_mult)
+    report = export.cost(model, (in_channels, image_size, image_size),
+                         *((None, None) if dense else (N, M)))
+    return report.totals()["sparse_flops"] / 1e9
+
+
+def proxy_gflops(runs: pd.DataFrame) -> pd.DataFrame:
+    """GFLOPs per image of every (row, method) at the scale the runs actually trained (their
+    arch, width, stem, input size; dense methods counted dense): the x axis of the
+    accuracy-vs-FLOPs figure. Columns row, method, gflops."""
+    done = runs[runs["finished"].astype(bool)] if len(runs) else runs
+    out = []
+    for (row, method), sub in done.groupby(["row", "method"], sort=False):
+        first = sub.iloc[0]
+        width = float(first["width_mult"]) if pd.notna(first["width_mult"]) else 1.0
+        small = bool(first["small_input"]) if pd.notna(first["small_input"]) else False
+        channels = int(first["in_channels"]) if pd.notna(first["in_channels"]) else 3
+        size = int(first["image_size"]) if pd.notna(first["image_size"]) else 224
+        dense = method == "DenseConv2dBN"
+        out.append({"row": row, "method": method, "gflops": _proxy_cost_cached(
+            str(first["arch"]), int(first["N"]), int(first["M"]), dense, width, small, channels,
+            size)})
+    return pd.DataFrame(out, columns=["row", "method", "gflops"])

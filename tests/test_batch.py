@@ -98,8 +98,8 @@ def test_ablation_study_arms_and_seeds():
         assert (r.params["arch"], r.params["N"], r.params["M"]) == ("resnet18", 1, 16)
         for group, arm in r.arms.items():
             groups.setdefault(group, set()).add(arm)
-    assert groups["method"] == {"SR-STE", "hard-axis MaxQ", "soft-axis, no incremental",
-                                "full MaxQ"}
+    assert groups["method"] == {"SR-STE", "hard-axis MaxQ", "authors' V1",
+                                "soft-axis, no incremental", "full MaxQ"}
     assert groups["schedule"] == {"linear", "cos", "exp", "cubic"}
     assert groups["selection"] == {"smallest", "largest", "random"}
     from maxq import methods, schedules

@@ -246,3 +246,35 @@ def test_resnet18_small_input_is_the_authors_c_resnet18():
     assert len(ours) == len(_c_resnet18_layers()) == 21      # 1 stem + 16 + 3 shortcuts + fc
     assert isinstance(model.maxpool, nn.Identity)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)
+
+
+# ----------------------------------------------------------------------------- paper studies
+def test_paper_scripts_study_is_the_authors_window():
+    from maxq import batch
+
+    readme, scripts = batch.expand("paper"), batch.expand("paper-scripts")
+    assert len(readme) == len(scripts) == 12
+    assert [r.table_row for r in readme] == [r.table_row for r in scripts]
+    for run in scripts:
+        assert (run.params["increase_start"], run.params["increase_end"]) == (0, 30)
+        assert run.params["epochs"] == 120 and run.params["amp"] == "fp16"
+        assert run.params["no_bn_decay"] is True
+    r50_116 = [r for r in readme if r.table_row == "resnet50-1of16"][0]
+    assert (r50_116.params["epochs"], r50_116.params["increase_end"]) == (200, 90)
+
+
+def test_paper_cifar100_study_is_the_authors_grid():
+    from maxq import batch
+
+    runs = batch.expand("paper-cifar100")
+    ratios = {(r.params["N"], r.params["M"]) for r in runs}
+    assert ratios == {(1, 4), (1, 8), (1, 16), (2, 4), (2, 8), (2, 16), (4, 8), (4, 16), (8, 16)}
+    windows = {(r.params["increase_start"], r.params["increase_end"]) for r in runs
+               if r.method == "SoftMaxQConv2DBN"}
+    assert windows == {(0, 30), (0, 60), (0, 90), (30, 60), (30, 90), (60, 90)}
+    assert {r.method for r in runs} == {"SoftMaxQConv2DBN", "SoftSRSTEConv2dBN"}
+    assert len(runs) == 9 * (1 + 6) * 10
+    p = runs[0].params
+    assert (p["set"], p["arch"], p["small_input"], p["weight_decay"], p["nesterov"],
+            p["no_bn_decay"], p["label_smoothing"]) == ("CIFAR100", "resnet18", True, 5e-4, True,
+                                                         False, 0.0)

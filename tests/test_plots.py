@@ -10,7 +10,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from maxq import plots, records, results  # noqa: E402
+from maxq import plots, records, results, stats  # noqa: E402
 from test_results import fake_study  # noqa: E402,F401  (fixture)
 
 
@@ -45,6 +45,11 @@ def test_every_report_figure_from_fake_runs(res, tmp_path):
         "schedule_curves": plots.schedule_curves(results.schedule_frame(start, end, epochs),
                                                  chosen=chosen, window=(start, end)),
         "ablation_bars": plots.ablation_bars(results.ablation_table(res)),
+        "accuracy_vs_flops": plots.accuracy_vs_flops(stats.summary(res.runs),
+                                                     results.proxy_gflops(res.runs)),
+        "top1_bars": plots.top1_bars(res.runs),
+        "paired_differences": plots.paired_differences(
+            stats.pairwise(res.runs, "SoftMaxQConv2DBN", "SoftSRSTEConv2dBN")),
     }
     assert set(figures) == set(plots.REPORT_FIGURES)
     for name, fig in figures.items():
@@ -96,3 +101,16 @@ def test_save_figure_keeps_dots_in_names(tmp_path):
     fig = plots.schedule_curves(results.schedule_frame(0, 4, 6), chosen="cos")
     paths = plots.save_figure(fig, tmp_path / "layer1.0.conv1", close=True)
     assert [p.name for p in paths] == ["layer1.0.conv1.png", "layer1.0.conv1.svg"]
+
+
+def test_evidence_figures_show_intervals_and_start_bars_at_zero(res):
+    summary = stats.summary(res.runs)
+    fig = plots.accuracy_vs_flops(summary, results.proxy_gflops(res.runs))
+    ax = fig.axes[0]
+    assert "per image" in ax.get_xlabel() and "95 % CI" in ax.get_ylabel()
+    assert {t.get_text() for t in ax.get_legend().get_texts()} >= {"MaxQ", "SR-STE"}
+    bars = plots.top1_bars(res.runs).axes[0]
+    assert bars.get_ylim()[0] == 0
+    pairs = stats.pairwise(res.runs, "SoftMaxQConv2DBN", "SoftSRSTEConv2dBN")
+    labels = [t.get_text() for t in plots.paired_differences(pairs).axes[0].get_yticklabels()]
+    assert len(labels) == len(pairs) and all("n=" in label for label in labels)

@@ -1,0 +1,237 @@
+"""Statistics of a study: per-(row, method) means with 95 % confidence intervals, paired per-seed
+differences for the study's claims, and a verdict per claim computed from those numbers.
+
+DataFrames in (``maxq.results.Results.runs``), DataFrames out; nothing is written here.
+
+* Interval of a mean: Student t over the seeds, ``mean ± t(0.975, n-1) · s / sqrt(n)``
+  (``scipy.stats.t``); with one run there is no interval (NaN) and no verdict.
+* A claim compares run A (row_a, method_a) with run B (row_b, method_b) **paired by seed**:
+  ``d_s = A_s − B_s`` for every seed both finished; the interval is Student t over the ``d_s``.
+* Verdicts (:func:`verdict`): a difference claim ("A beats B") is ``ahead`` when the whole
+  interval of ``A − B`` is above 0, ``behind`` when it is below 0, ``within noise`` otherwise.
+  A margin claim ("A within m points of B") is ``within margin`` when the interval's low end is
+  above ``−m``, ``outside margin`` when its high end is below ``−m``, ``undecided`` otherwise.
+  Fewer than 2 pairs: ``no verdict (n < 2)``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+DENSE = "DenseConv2dBN"
+METRIC = "best_top1"          # the paper's metric: best-epoch top-1
+CONFIDENCE = 0.95
+SUMMARY_COLUMNS = ("row", "arch", "N", "M", "method", "method_label", "n", "top1_mean",
+                   "top1_std", "top1_ci95_low", "top1_ci95_high", "top5_mean",
+                   "delta_to_dense", "dead_weight_share", "paper_top1", "gap_to_paper")
+CLAIM_COLUMNS = ("claim", "paper", "row", "method_a", "method_b", "row_b", "n_pairs",
+                 "delta_mean", "delta_ci95_low", "delta_ci95_high", "margin", "verdict")
+
+
+def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE
+                  ) -> tuple[float, float, float, float, int]:
+    """``(mean, std, low, high, n)`` of ``values`` (NaNs dropped); Student t interval, NaN
+    bounds for fewer than two values."""
+    x = pd.to_numeric(pd.Series(list(values), dtype="float64"), errors="coerce").dropna()
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, math.nan, math.nan, 0
+    mean = float(x.mean())
+    if n < 2:
+        return mean, math.nan, math.nan, math.nan, n
+    std = float(x.std(ddof=1))
+    if std == 0:
+        return mean, 0.0, mean, mean, n
+    low, high = scipy_stats.t.interval(confidence, n - 1, loc=mean, scale=std / math.sqrt(n))
+    return mean, std, float(low), float(high), n
+
+
+def verdict(low: float, high: float, n: int, margin: float | None = None) -> str:
+    """The verdict of a claim from the interval of ``A − B`` (see the module doc)."""
+    if n < 2 or not (np.isfinite(low) and np.isfinite(high)):
+        return "no verdict (n < 2)"
+    if margin is None:
+        if low > 0:
+            return "ahead"
+        if high < 0:
+            return "behind"
+        return "within noise"
+    if low > -margin:
+        return "within margin"
+    if high < -margin:
+        return "outside margin"
+    return "undecided"
+
+
+def _finished(runs: pd.DataFrame) -> pd.DataFrame:
+    if not len(runs):
+        return runs
+    return runs[runs["finished"].astype(bool)]
+
+
+def dense_reference(runs: pd.DataFrame, row: str) -> pd.DataFrame:
+    """The dense runs a row is compared with: the row's own ``DenseConv2dBN`` runs, else those
+    of the study's dense-only rows of the same architecture and width."""
+    runs = _finished(runs)
+    own = runs[(runs["row"] == row) & (runs["method"] == DENSE)]
+    if len(own) or not len(runs):
+        return own
+    this = runs[runs["row"] == row]
+    if not len(this):
+        return own
+    arch, width = this["arch"].iloc[0], this["width_mult"].iloc[0]
+    dense_rows = [r for r, sub in runs.groupby("row", sort=False)
+                  if set(sub["method"]) == {DENSE}]
+    same = runs[runs["row"].isin(dense_rows) & (runs["arch"] == arch)]
+    if "width_mult" in same and pd.notna(width):
+        same = same[same["width_mult"] == width]
+    return same
+
+
+def summary(runs: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
+    """One line per (row, method), in study order: n, mean/std/95 % CI of top-1, mean top-5,
+    Δ to dense (mean of the seed-paired differences when seeds match, else of the means), the
+    run's dead-weight share, the paper's top-1 and the gap ours − paper."""
+    done = _finished(runs)
+    out = []
+    if not len(done):
+        return pd.DataFrame(columns=list(SUMMARY_COLUMNS))
+    for (row, method), sub in done.groupby(["row", "method"], sort=False):
+        mean, std, low, high, n = mean_interval(sub[metric])
+        top5 = metric.replace("top1", "top5")
+        dense = dense_reference(runs, row)
+        delta = math.nan
+        if method != DENSE and len(dense):
+            paired = sub.merge(dense[["seed", metric]], on="seed", suffixes=("", "_dense"))
+            delta = (float((paired[metric] - paired[f"{metric}_dense"]).mean()) if len(paired)
+                     else mean - float(dense[metric].mean()))
+        share = pd.to_numeric(sub["dead_weight_share"], errors="coerce")
+        if share.isna().all():               # dense runs: the share of the row's sparse layers
+            share = pd.to_numeric(done.loc[done["row"] == row, "dead_weight_share"],
+                                  errors="coerce")
+        paper = sub["paper_top1"].iloc[0] if "paper_top1" in sub else math.nan
+        out.append({
+            "row": row, "arch": sub["arch"].iloc[0], "N": sub["N"].iloc[0], "M": sub["M"].iloc[0],
+            "method": method, "method_label": sub["method_label"].iloc[0], "n": n,
+            "top1_mean": mean, "top1_std": std, "top1_ci95_low": low, "top1_ci95_high": high,
+            "top5_mean": float(pd.to_numeric(sub[top5], errors="coerce").mean()),
+            "delta_to_dense": delta,
+            "dead_weight_share": float(share.max()) if share.notna().any() else math.nan,
+            "paper_top1": paper,
+            "gap_to_paper": mean - paper if pd.notna(paper) else math.nan,
+        })
+    return pd.DataFrame(out, columns=list(SUMMARY_COLUMNS))
+
+
+def claim_table(runs: pd.DataFrame, claims: Sequence[dict[str, Any]],
+                metric: str = METRIC) -> pd.DataFrame:
+    """One line per claim: seed-paired ``A − B`` (mean, 95 % CI, pairs) and the verdict."""
+    done = _finished(runs)
+    out = []
+    for claim in claims:
+        a = done[(done["row"] == claim["row_a"]) & (done["method"] == claim["method_a"])] \
+            if len(done) else done
+        b = done[(done["row"] == claim["row_b"]) & (done["method"] == claim["method_b"])] \
+            if len(done) else done
+        if len(a) and len(b):
+            paired = a[["seed", metric]].merge(b[["seed", metric]], on="seed",
+                                               suffixes=("_a", "_b"))
+            diffs = paired[f"{metric}_a"] - paired[f"{metric}_b"]
+        else:
+            diffs = pd.Series([], dtype="float64")
+        mean, _, low, high, n = mean_interval(diffs)
+        margin = claim.get("margin")
+        out.append({
+            "claim": claim["claim"], "paper": claim.get("paper", ""), "row": claim["row_a"],
+            "method_a": claim["method_a"], "method_b": claim["method_b"],
+            "row_b": claim["row_b"], "n_pairs": n, "delta_mean": mean,
+            "delta_ci95_low": low, "delta_ci95_high": high,
+            "margin": math.nan if margin is None else float(margin),
+            "verdict": verdict(low, high, n, None if margin is None else float(margin)),
+        })
+    return pd.DataFrame(out, columns=list(CLAIM_COLUMNS))
+
+
+def pairwise(runs: pd.DataFrame, method_a: str, method_b: str,
+             metric: str = METRIC) -> pd.DataFrame:
+    """Per row where both methods ran: seed-paired ``A − B`` with its 95 % CI and verdict (the
+    MaxQ − SR-STE line of every row of a table)."""
+    done = _finished(runs)
+    out = []
+    if not len(done):
+        return pd.DataFrame(columns=["row", "n_pairs", "delta_mean", "delta_ci95_low",
+                                     "delta_ci95_high", "verdict"])
+    for row, sub in done.groupby("row", sort=False):
+        a, b = sub[sub["method"] == method_a], sub[sub["method"] == method_b]
+        if not (len(a) and len(b)):
+            continue
+        paired = a[["seed", metric]].merge(b[["seed", metric]], on="seed", suffixes=("_a", "_b"))
+        mean, _, low, high, n = mean_interval(paired[f"{metric}_a"] - paired[f"{metric}_b"])
+        out.append({"row": row, "n_pairs": n, "delta_mean": mean, "delta_ci95_low": low,
+                    "delta_ci95_high": high, "verdict": verdict(low, high, n)})
+    return pd.DataFrame(out, columns=["row", "n_pairs", "delta_mean", "delta_ci95_low",
+                                      "delta_ci95_high", "verdict"])
+
+
+def robustness(reference: pd.DataFrame, rerun: pd.DataFrame,
+               metric: str = METRIC) -> pd.DataFrame:
+    """How far per-(row, method) means move between two sets of the same runs (e.g. another
+    thread count or machine), next to the width of the reference's 95 % CI."""
+    ref, new = summary(reference, metric), summary(rerun, metric)
+    merged = ref.merge(new, on=["row", "method"], suffixes=("", "_rerun"))
+    merged["mean_shift"] = merged["top1_mean_rerun"] - merged["top1_mean"]
+    merged["ci95_width"] = merged["top1_ci95_high"] - merged["top1_ci95_low"]
+    merged["shift_over_ci_width"] = merged["mean_shift"].abs() / merged["ci95_width"]
+    return merged[["row", "method", "n", "n_rerun", "top1_mean", "top1_mean_rerun",
+                   "mean_shift", "ci95_width", "shift_over_ci_width"]]
+
+
+def verdicts_markdown(claims: pd.DataFrame) -> str:
+    """The report's first section: claim, the paper's statement, the proxy's Δ with CI,
+    verdict — every number from ``claims`` (:func:`claim_table`)."""
+    if not len(claims):
+        return "_this study makes no claims (no [[claims]] in its study file)_\n"
+    frame = pd.DataFrame({
+        "claim": claims["claim"], "paper": claims["paper"],
+        "Δ top-1 (A − B), mean [95 % CI]": [
+            _interval_text(m, lo, hi, signed=True) for m, lo, hi in zip(
+                claims["delta_mean"], claims["delta_ci95_low"], claims["delta_ci95_high"])],
+        "pairs": claims["n_pairs"], "verdict": [f"**{v}**" for v in claims["verdict"]],
+    })
+    return frame.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def summary_markdown(table: pd.DataFrame) -> str:
+    """The per-(row, method) table as Markdown: mean [95 % CI] (n), Δ to dense, gap to paper."""
+    if not len(table):
+        return "_no finished runs yet_\n"
+    def num(values, fmt: str) -> list[str]:
+        return [format(v, fmt) if pd.notna(v) else "–" for v in values]
+
+    frame = pd.DataFrame({
+        "row": table["row"],
+        "N:M": ["dense" if method == DENSE else f"{n}:{m}"
+                for method, n, m in zip(table["method"], table["N"], table["M"])],
+        "method": table["method_label"],
+        "top-1 mean [95 % CI]": [_interval_text(m, lo, hi) for m, lo, hi in zip(
+            table["top1_mean"], table["top1_ci95_low"], table["top1_ci95_high"])],
+        "n": table["n"], "std": num(table["top1_std"], ".2f"),
+        "Δ to dense": num(table["delta_to_dense"], "+.2f"),
+        "dead weights": num(table["dead_weight_share"], ".0%"),
+        "paper top-1": num(table["paper_top1"], ".1f"),
+        "ours − paper": num(table["gap_to_paper"], "+.1f"),
+    })
+    return frame.to_markdown(index=False, disable_numparse=True) + "\n"
+
+
+def _interval_text(mean: float, low: float, high: float, signed: bool = False) -> str:
+    if not np.isfinite(mean):
+        return "–"
+    fmt = "+.2f" if signed else ".2f"
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{mean:{fmt}} (no CI: n < 2)"
+    return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"

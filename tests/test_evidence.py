@@ -1,0 +1,88 @@
+"""The evidence rules of the committed CPU studies: every sparse weight sees data (dead-weight
+share measured by maxq.sparse.describe), a dense baseline per row, seeds where claims are made."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from maxq import batch, data, models, sparse
+
+CPU_STUDIES = ("cpu", "claims", "ablation", "smoke")
+
+
+@pytest.mark.parametrize("kernel, padding, stride, size, dead", [
+    (3, 1, 1, 1, 8 / 9),        # 3x3 on a 1x1 map: only the centre tap reads data
+    (3, 1, 1, 2, 0.0),          # on 2x2 every tap reads a real pixel at some output
+    (3, 1, 2, 4, 0.0),
+    (3, 1, 2, 2, 5 / 9),        # stride 2 on 2x2: one output, taps (1..2, 1..2) alive
+    (1, 0, 1, 1, 0.0),
+    (5, 2, 1, 1, 24 / 25),
+])
+def test_dead_weight_share_of_one_conv(kernel, padding, stride, size, dead):
+    conv = nn.Conv2d(4, 4, kernel, stride, padding)
+    assert sparse.dead_weight_share(conv, (size, size)) == pytest.approx(dead)
+
+
+def test_dead_weight_share_matches_zero_gradients():
+    """Independent check: the weights a gradient never reaches are exactly the dead taps."""
+    torch.manual_seed(0)
+    model = models.build("resnet18", 10, in_channels=1, small_input=False)
+    x = torch.randn(4, 1, 16, 16)
+    model(x).square().sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = {r["layer"]: r for r in sparse.describe(model, 2, 4, input_size=(1, 1, 16, 16))}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and rows[name]["sparse"]:
+            # a kernel tap is alive iff some weight at that tap gets a non-zero gradient
+            alive = (m.weight.grad != 0).flatten(0, 1).any(0).float().mean().item()
+            assert 1 - alive == pytest.approx(rows[name]["dead_weight_share"], abs=1e-6), name
+    assert sparse.weighted_dead_share(list(rows.values())) == pytest.approx(0.8135, abs=1e-3)
+
+
+@pytest.mark.parametrize("study", CPU_STUDIES)
+def test_every_row_of_the_cpu_studies_exercises_its_sparse_weights(study):
+    """<= 5 % of the sparse weights of every row may be dead at the row's input size."""
+    seen = set()
+    for run in batch.expand(study):
+        p = run.params
+        key = (p["arch"], p.get("N"), p.get("M"), p.get("small_input"), p.get("width_mult", 1.0),
+               p.get("image_size"))
+        if key in seen:
+            continue
+        seen.add(key)
+        spec = data.DATASETS[p["set"]]
+        small = spec.small_input if p.get("small_input") is None else p["small_input"]
+        model = models.build(p["arch"], spec.num_classes, spec.in_channels, small_input=small,
+                             width_mult=p.get("width_mult", 1.0))
+        size = p.get("image_size") or spec.image_size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows = sparse.describe(model, p["N"], p["M"],
+                                   input_size=(1, spec.in_channels, size, size))
+        share = sparse.weighted_dead_share(rows)
+        assert share is not None and share <= 0.05, (study, run.table_row, share)
+
+
+@pytest.mark.parametrize("study", ["cpu", "claims"])
+def test_rows_have_a_dense_baseline_and_claims_have_seeds(study):
+    spec = batch.load_study(study)
+    runs = batch.expand(spec)
+    methods = {r.method for r in runs}
+    assert "DenseConv2dBN" in methods
+    if spec.claims:
+        assert len(spec.seeds) >= 5
+        ids = {r.table_row for r in runs}
+        assert all(c["row_a"] in ids and c["row_b"] in ids for c in spec.claims)
+
+
+def test_claims_in_a_study_file_are_checked(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[defaults]\narch = "resnet18"\nN = 2\nM = 4\n[[rows]]\nid = "a"\n'
+                   '[[claims]]\nclaim = "x"\nrow_a = "a"\nmethod_a = "m"\nrow_b = "zz"\n'
+                   'method_b = "m"\n')
+    with pytest.raises(batch.StudyError, match="row_b 'zz' is not a row id"):
+        batch.load_study(bad)
