@@ -86,3 +86,38 @@ def test_claims_in_a_study_file_are_checked(tmp_path):
                    'method_b = "m"\n')
     with pytest.raises(batch.StudyError, match="row_b 'zz' is not a row id"):
         batch.load_study(bad)
+
+
+def test_recalibrate_batchnorm_averages_batch_statistics_and_leaves_masks_alone():
+    from maxq.train import Runtime, recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = models.build("mobilenet_v3_small", 10, in_channels=1, small_input=True)
+    sparse.sparsify(model, "SoftMaxQConv2DBN", 2, 4)
+    model.train()
+    masks = {k: v.clone() for k, v in sparse.current_masks(model).items()}
+    forwards = next(iter(sparse.sparse_layers(model).values())).maxq.forwards
+    batches = [(torch.randn(8, 1, 16, 16) * (i + 1), torch.zeros(8, dtype=torch.long))
+               for i in range(4)]
+    used = recalibrate_batchnorm(model, batches, 3, rt=Runtime())
+    assert used == 3
+    stem, bn = model.features[0][0], model.features[0][1]
+    with torch.no_grad():
+        expected = torch.stack([stem(x).mean((0, 2, 3)) for x, _ in batches[:3]]).mean(0)
+    assert torch.allclose(bn.running_mean, expected, atol=1e-5)
+    assert bn.momentum == 0.01 and model.training and bn.training       # restored
+    assert all(torch.equal(masks[k], v) for k, v in sparse.current_masks(model).items())
+    assert next(iter(sparse.sparse_layers(model).values())).maxq.forwards == forwards
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenet_v1", "mobilenet_v2",
+                                  "mobilenet_v3_small"])
+def test_width_multiplier_keeps_names_and_shrinks_channels(arch):
+    stock = models.build(arch, 10, in_channels=1, small_input=True)
+    narrow = models.build(arch, 10, in_channels=1, small_input=True, width_mult=0.25)
+    assert list(stock.state_dict()) == list(narrow.state_dict())
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(narrow) < 0.3 * count(stock)
+    assert narrow(torch.randn(2, 1, 16, 16)).shape == (2, 10)
+    if arch.startswith("resnet"):
+        assert narrow.layer1[0].conv1.in_channels == 16       # 64 x 0.25, a multiple of 16
