@@ -714,7 +714,9 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
             echo(f"maxq batch: {row.id}: FAILED: {message}")
         else:
             status.update(row.id, state="pending", seconds="", error="",
-                          notebook=row.run_dir(root) / ROW_NOTEBOOK, **common)
+                          notebook=row.run_dir(root) / ROW_NOTEBOOK, **common,
+                          **(dict(executor="threads", job_id="", job_state="")
+                             if executor == "threads" else {}))  # submitit: set on submission
             todo.append((row, extra))
     skipped = sum(o.state == "skipped" for o in outcomes)
     echo(f"maxq batch: study {spec.name!r}: {len(selected)} run(s): {len(todo)} to run, "

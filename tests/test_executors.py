@@ -306,3 +306,21 @@ def test_preempted_job_is_requeued_and_ends_like_an_uninterrupted_run(tmp_path):
     wa, wb = (torch.load(d / records.CHECKPOINT, map_location="cpu", weights_only=True)
               for d in (row.run_dir(tmp_path / "ref"), run_dir))
     assert all(torch.equal(wa["state_dict"][k], wb["state_dict"][k]) for k in wa["state_dict"])
+
+
+@pytest.mark.slow
+def test_two_tasks_per_run_train_one_ddp_run(tmp_path):
+    """--slurm-gpus-per-run 2 with the local executor on CPU: 2 tasks, each a kernel whose
+    process-group variables come from TorchDistributedEnvironment; the kit's DDP path (gloo)
+    trains one run of world size 2; rank 1's notebook goes to the job folder."""
+    row = "resnet18-2of4-SoftSRSTEConv2dBN-s0"
+    done = subprocess.run(maxq_batch("smoke", "--rows", row, "--executor", "submitit-local",
+                                     "--slurm-gpus-per-run", "2", "--runs-root", str(tmp_path),
+                                     "--no-report"),
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = records.read_run(tmp_path / "smoke" / row)
+    assert run["result"]["world_size"] == 2 and run["config"]["device"]["world_size"] == 2
+    assert len(set(run["result"]["mask_checksums"])) == 1
+    job = tmp_path / "smoke" / "jobs" / batch.read_status("smoke", tmp_path)[row]["job_id"]
+    assert (job / "rank1_row.ipynb").exists() and not (tmp_path / "smoke" / row / "rank1_row.ipynb").exists()
