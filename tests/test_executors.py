@@ -317,7 +317,7 @@ def test_two_tasks_per_run_train_one_ddp_run(tmp_path):
     done = subprocess.run(maxq_batch("smoke", "--rows", row, "--executor", "submitit-local",
                                      "--slurm-gpus-per-run", "2", "--runs-root", str(tmp_path),
                                      "--no-report"),
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=2400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run = records.read_run(tmp_path / "smoke" / row)
     assert run["result"]["world_size"] == 2 and run["config"]["device"]["world_size"] == 2
