@@ -59,8 +59,9 @@ from maxq import records
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 STATUS = "status.csv"
 STATUS_COLUMNS = ("row", "state", "seconds", "error", "run_dir", "notebook",
-                  "method", "seed", "attempts", "updated")
-STATES = ("pending", "running", "done", "failed", "skipped")
+                  "method", "seed", "attempts", "updated",
+                  "executor", "job_id", "job_state")    # the last three: submitit executors
+STATES = ("pending", "running", "done", "failed", "skipped", "requeued")
 ROW_NOTEBOOK = "row.ipynb"
 REPORT_NOTEBOOK = "report.ipynb"
 PAPERMILL_LOG = "papermill.log"
@@ -73,7 +74,7 @@ RUNNER_KEYS = ("study", "row", "seed", "conv_bn_type", "save_dir", "overwrite", 
 VOLATILE_KEYS = ("save_dir", "data", "resume", "overwrite", "progress", "workers", "device",
                  "evaluate", "pretrained", "snapshot_epochs", "amp", "channels_last")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_STUDY_KEYS = {"study", "defaults", "rows", "claims"}
+_STUDY_KEYS = {"study", "defaults", "rows", "claims", "slurm"}
 #: keys of a [[claims]] entry: claim text, the paper's statement, run A vs run B (table-row id
 #: and method each), and for "margin" claims the margin in points (A within ``margin`` of B)
 _CLAIM_KEYS = {"claim", "paper", "row_a", "method_a", "row_b", "method_b", "margin"}
@@ -143,6 +144,7 @@ class Study:
     focus: str | None = None
     scale_note: str = ""
     claims: list[dict[str, Any]] = field(default_factory=list)
+    slurm: dict[str, Any] = field(default_factory=dict)   # [slurm]: see maxq.executors
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
     unknown = set(data) - _STUDY_KEYS
     if unknown:
         raise StudyError(f"{where}: unknown top-level tables {sorted(unknown)}; "
-                         f"allowed: [study], [defaults], [[rows]], [[claims]]")
+                         f"allowed: [study], [defaults], [[rows]], [[claims]], [slurm]")
     meta = data.get("study", {})
     unknown = set(meta) - _STUDY_META_KEYS
     if unknown:
@@ -242,12 +244,17 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
             raise StudyError(f"{label}: 'arms' must be a table {{group = \"arm\"}}")
         checked.append(row)
     claims = [_check_claim(c, i, where, seen) for i, c in enumerate(data.get("claims", []))]
+    slurm = data.get("slurm", {})
+    if slurm:
+        from maxq.executors import SlurmOptions
+
+        SlurmOptions.from_table(slurm, f"{where} [slurm]")
     return Study(name=name, path=path, description=str(meta.get("description", "")),
                  defaults=defaults, rows=checked, methods=methods, seeds=seeds,
                  notebook=meta.get("notebook"),
                  method_labels=dict(meta.get("method_labels", {})),
                  focus=meta.get("focus"), scale_note=str(meta.get("scale_note", "")),
-                 claims=claims)
+                 claims=claims, slurm=dict(slurm))
 
 
 def _check_claim(claim: Any, i: int, where: str, row_ids: set[str]) -> dict[str, Any]:
@@ -665,8 +672,13 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
               runs: str | os.PathLike | None = None, reports: str | os.PathLike | None = None,
               notebook: str | os.PathLike | None = None, report: bool = True,
               options: dict[str, Any] | None = None, timeout: float | None = None,
-              echo: Callable[[str], None] = print, progress: bool = True) -> BatchResult:
+              echo: Callable[[str], None] = print, progress: bool = True,
+              executor: str = "threads", slurm: dict[str, Any] | None = None) -> BatchResult:
     """Run (or, with ``dry_run``, list) the runs of a study; then render its report.
+
+    ``executor``: ``threads`` (papermill kernels on local threads) or ``submitit-local`` /
+    ``slurm`` (one submitit job per run, see :mod:`maxq.executors`; ``slurm`` overrides the
+    study's ``[slurm]`` table).
 
     Raises :class:`StudyError` for an unknown study, filter or shard (nothing is run). Every
     other problem is per run: recorded in ``status.csv``, printed, and the batch goes on."""
@@ -674,10 +686,22 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
     selected = resolve(spec, rows=rows, shard=shard, options=options)
     root = runs_root(runs)
     table = status_path(spec.name, root)
+    job_options = None
+    if executor != "threads":
+        from maxq import executors
+
+        if executor not in executors.EXECUTORS:
+            raise StudyError(f"unknown --executor {executor!r}; choose one of "
+                             f"{', '.join(executors.EXECUTORS)}")
+        job_options = executors.options_from(spec.slurm, **(slurm or {}))
     if dry_run:
         echo(format_rows(selected, root))
         echo(f"{len(selected)} run(s) of study {spec.name!r} ({spec.path}); "
              f"run directories under {root / spec.name}")
+        if executor == "slurm":
+            echo(f"each run is one SLURM job ({executors.describe(job_options)}); its sbatch "
+                 f"file:\n" + executors.sbatch_script(
+                     job_options, executors.jobs_folder(spec.name, root), f"maxq-{spec.name}"))
         return BatchResult(spec.name, selected, [], table)
     if jobs < 1:
         raise StudyError(f"--jobs must be >= 1; got {jobs}")
@@ -714,7 +738,9 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
             echo(f"maxq batch: {row.id}: FAILED: {message}")
         else:
             status.update(row.id, state="pending", seconds="", error="",
-                          notebook=row.run_dir(root) / ROW_NOTEBOOK, **common)
+                          notebook=row.run_dir(root) / ROW_NOTEBOOK, **common,
+                          **(dict(executor="threads", job_id="", job_state="")
+                             if executor == "threads" else {}))  # submitit: set on submission
             todo.append((row, extra))
     skipped = sum(o.state == "skipped" for o in outcomes)
     echo(f"maxq batch: study {spec.name!r}: {len(selected)} run(s): {len(todo)} to run, "
@@ -722,6 +748,16 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
          f"{jobs} at a time; status in {table}")
 
     bar = _progress_bar(len(todo), spec.name, progress)
+    if executor != "threads":
+        # submitit: one job per run (maxq/executors.py); nothing is left for the threads below
+        try:
+            outcomes.extend(executors.run_jobs(
+                executor, todo, study=spec.name, status=status, root=root, notebook=nb_path,
+                options=job_options, jobs=jobs, timeout=timeout, echo=echo, bar=bar))
+        except BaseException:
+            bar.close()
+            raise
+        todo = []
 
     def work(item: tuple[Row, dict]) -> Outcome:
         row, extra = item
@@ -874,16 +910,49 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=None, metavar="S",
                         help="give up on a run after S seconds")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--status", action="store_true",
+                        help="print the runs' status table (refreshed from the run directories "
+                             "and SLURM) and stop; nothing is launched")
+    parser.add_argument("--executor", default="threads",
+                        choices=("threads", "submitit-local", "slurm"),
+                        help="threads: papermill kernels here (--jobs at a time); slurm: one "
+                             "SLURM job per run through submitit; submitit-local: the same jobs "
+                             "as local processes (--jobs at a time)")
+    slurm = parser.add_argument_group(
+        "SLURM (--executor slurm; also a [slurm] table of the study file, which these override)")
+    slurm.add_argument("--slurm-partition", default=None, metavar="NAME")
+    slurm.add_argument("--slurm-gpus-per-run", type=int, default=None, metavar="K",
+                       help="GPUs per run, one task (process) each (default 1)")
+    slurm.add_argument("--slurm-nodes", type=int, default=None, metavar="K",
+                       help="nodes per run; the GPUs are split evenly (default 1)")
+    slurm.add_argument("--slurm-time", default=None, metavar="LIMIT",
+                       help="time limit per job (minutes, HH:MM:SS or D-HH:MM:SS; default 24 h); "
+                            "a job at its limit or preempted is requeued and resumes")
+    slurm.add_argument("--slurm-account", default=None, metavar="NAME")
+    slurm.add_argument("--slurm-qos", default=None, metavar="NAME")
+    slurm.add_argument("--slurm-constraint", default=None, metavar="EXPR")
+    slurm.add_argument("--slurm-cpus-per-task", type=int, default=None, metavar="K",
+                       help="CPU cores per task (per GPU; default 10)")
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
     """``maxq batch``: 0 when every run is done or skipped, 1 when some failed, 2 on bad input."""
+    slurm = {name: getattr(args, f"slurm_{name}", None) for name in (
+        "partition", "gpus_per_run", "nodes", "time", "account", "qos", "constraint",
+        "cpus_per_task")}
     try:
+        if getattr(args, "status", False):
+            from maxq import executors
+
+            executors.print_status(args.study, root=args.runs_root, rows=args.rows,
+                                   shard=args.shard)
+            return 0
         result = run_batch(args.study, rows=args.rows, shard=args.shard, jobs=args.jobs,
                            force=args.force, dry_run=args.dry_run, runs=args.runs_root,
                            reports=args.reports_root, notebook=args.notebook,
                            report=not args.no_report, options=_parse_options(args.option),
-                           timeout=args.timeout, progress=not args.no_progress)
+                           timeout=args.timeout, progress=not args.no_progress,
+                           executor=getattr(args, "executor", "threads"), slurm=slurm)
     except StudyError as exc:
         print(f"maxq batch: error: {exc}", file=sys.stderr)
         return 2

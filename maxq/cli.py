@@ -204,7 +204,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     kit.add_argument("--device", default=d.device, help=f"one of {', '.join(DEVICES)}")
     kit.add_argument("--amp", default=d.amp,
                      help=f"mixed precision, one of {', '.join(AMP_MODES)} (auto: bf16 where "
-                          f"supported else fp16 with a grad scaler on CUDA; off on CPU)")
+                          f"supported else fp16 with a grad scaler on CUDA; off on CPU; bf16 also runs on "
+                          f"CPU with CPU autocast; fp16 needs CUDA)")
     kit.add_argument("--channels-last", dest="channels_last", type=_bool, nargs="?", const=True,
                      default=d.channels_last, metavar="BOOL",
                      help="channels_last memory format (default: on for CUDA)")

@@ -129,7 +129,8 @@ class TrainConfig:
     pretrained: str | None = None            # weights to start from (or to evaluate)
     # hardware
     device: str = "auto"                     # auto | cpu | cuda
-    amp: str = "auto"                        # auto (bf16, else fp16, on CUDA; off on CPU) | ...
+    amp: str = "auto"                        # auto (bf16, else fp16, on CUDA; off on CPU) | bf16
+    #                                          (CUDA or CPU autocast) | fp16 (CUDA only) | off
     channels_last: bool | None = None        # None: on for CUDA
     sync_bn: bool | None = None              # None: on when several processes
     deterministic: bool | None = None        # None: on for CPU
@@ -238,8 +239,9 @@ class TrainConfig:
         if amp == "auto":
             amp = "off" if device == "cpu" else (
                 "bf16" if torch.cuda.is_bf16_supported() else "fp16")
-        if device == "cpu" and amp != "off":
-            raise ValueError(f"--amp {amp} needs CUDA; on CPU training runs in float32 (--amp off)")
+        if device == "cpu" and amp == "fp16":
+            raise ValueError("--amp fp16 needs CUDA (float16 autocast with a gradient scaler); on "
+                             "CPU use --amp bf16 (CPU autocast) or --amp off (float32)")
         resume = self.resume
         save_dir = self.save_dir
         if isinstance(resume, (str, os.PathLike)) and not isinstance(resume, bool):

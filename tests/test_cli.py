@@ -107,7 +107,7 @@ def test_kit_flags():
     (["--increase-end", "5", "--epochs", "3"], "--increase-end (5) must be <= --epochs (3)"),
     (["--nesterov", "maybe"], "expected True or False"),
     (["--epochs", "two"], "invalid int value"),
-    (["--amp", "bf16", "--device", "cpu"], "needs CUDA"),
+    (["--amp", "fp16", "--device", "cpu"], "--amp fp16 needs CUDA"),
     (["--mask-interval", "0"], "--mask-interval must be an integer >= 1; got 0"),
 ])
 def test_bad_flags_give_one_error_line(capsys, tmp_path, argv, message):

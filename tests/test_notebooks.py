@@ -66,6 +66,7 @@ def test_smoke_status_table(smoke):
     for line in lines:
         assert line["state"] == "done" and line["error"] == "" and float(line["seconds"]) > 0
         assert line["attempts"] == "1"
+        assert (line["executor"], line["job_id"], line["job_state"]) == ("threads", "", "")
         assert records.is_finished(line["run_dir"])
         assert Path(line["notebook"]).name == "row.ipynb" and Path(line["notebook"]).exists()
 

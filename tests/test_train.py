@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -122,6 +123,26 @@ def test_channels_last_code_path_runs_on_cpu(tmp_path):
     assert run["config"]["args"]["channels_last"] is True and run["result"]["epochs"] == 1
 
 
+def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path):
+    """``--device cpu --amp bf16 --channels-last``: CPU autocast (conv/linear in bfloat16), no
+    grad scaler; recorded in config.json; finite losses, not the float32 run's numbers."""
+    cfg = dict(BASE, epochs=2, increase_end=1, train_subset=64, device="cpu")
+    bf16 = records.read_run(train(TrainConfig(**cfg, amp="bf16", channels_last=True,
+                                              save_dir=str(tmp_path / "bf16"))))
+    fp32 = records.read_run(train(TrainConfig(**cfg, save_dir=str(tmp_path / "fp32"))))
+    args = bf16["config"]["args"]
+    assert (args["device"], args["amp"], args["channels_last"]) == ("cpu", "bf16", True)
+    assert bf16["config"]["device"]["amp"] == "bfloat16"
+    assert fp32["config"]["args"]["amp"] == "off" and fp32["config"]["device"]["amp"] == "off"
+    assert bf16["result"]["epochs"] == 2 and len(bf16["metrics"]) == 2
+    for a, b in zip(bf16["metrics"], fp32["metrics"]):
+        assert all(map(math.isfinite, (a["train_loss"], a["val_loss"])))
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=0.05)  # the same training
+    assert bf16["metrics"][0]["train_loss"] != fp32["metrics"][0]["train_loss"]  # in bfloat16
+    ckpt = torch.load(tmp_path / "bf16" / records.CHECKPOINT, weights_only=True)
+    assert all(v.dtype != torch.bfloat16 for v in ckpt["state_dict"].values())  # fp32 weights
+
+
 @pytest.mark.slow
 def test_learns_fashion_mnist_above_chance(tmp_path):
     # resnet18 on 8 px images, 512 training images, 3 epochs: ~50 steps. SR-STE rather than MaxQ
@@ -170,8 +191,9 @@ def test_defaults_follow_the_seed():
     assert resolved.label_smoothing == 0.1          # ImageNet sets
     assert d.no_bn_decay is None and resolved.no_bn_decay is True   # the authors' assert
     assert TrainConfig(set="FashionMNIST").resolved().label_smoothing == 0.0
-    with pytest.raises(ValueError, match="needs CUDA"):
-        TrainConfig(set="FashionMNIST", device="cpu", amp="bf16").resolved()
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        TrainConfig(set="FashionMNIST", device="cpu", amp="fp16").resolved()
+    assert TrainConfig(set="FashionMNIST", device="cpu", amp="bf16").resolved().amp == "bf16"
 
 
 def test_config_round_trips_through_json():
