@@ -28,7 +28,9 @@ into ``<runs_root>/<study>/<run_id>/row.ipynb``; the training writes its run dir
 :func:`run_batch` runs the rows (``jobs`` papermill subprocesses at a time, one kernel each; threads
 launch them, never multiprocessing), skips finished runs, keeps going past failures, records
 every run's state in ``<runs_root>/<study>/status.csv`` and finally renders the report with
-:func:`render_report`.
+:func:`render_report`. One batch per study (per shard) runs at a time: it holds the study's lock
+(:func:`study_lock`) and a second one is refused; SIGTERM and SIGHUP are handled like Ctrl-C (the
+kernels are stopped and waited for, the running rows marked ``interrupted``).
 """
 from __future__ import annotations
 
