@@ -116,9 +116,13 @@ class RunLock:
             if not same:                 # locked a file its holder had just removed: retry
                 os.close(fd)
                 continue
-            os.ftruncate(fd, 0)
-            os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
             self.fd = fd
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+            except BaseException:
+                self.release()
+                raise
             return self
         raise RunDirBusy(f"{self.what} {self.directory}: could not take {self.path}")
 

@@ -1045,11 +1045,14 @@ CHECKPOINT_DEFINES = {"arch": "--arch", "conv_bn_type": "--conv-bn-type", "N": "
 def checkpoint_settings(path: str | os.PathLike) -> dict[str, Any]:
     """The :data:`CHECKPOINT_DEFINES` values a maxq checkpoint stores (its ``config``; best.pth
     also its ``arch``); empty for checkpoints without them (the seed's, bare state dicts)."""
-    try:
-        obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True,
-                         mmap=True)
-    except Exception:  # noqa: BLE001 - unreadable files are reported by read_weights
-        return {}
+    obj = None
+    for mmap in (True, False):                # mmap: cheap; the legacy (non-zip) format has none
+        try:
+            obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True,
+                             mmap=mmap)
+            break
+        except Exception:  # noqa: BLE001 - unreadable files are reported by read_weights
+            continue
     if not isinstance(obj, dict):
         return {}
     stored = obj.get("config") if isinstance(obj.get("config"), dict) else {}
