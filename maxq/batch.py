@@ -28,16 +28,21 @@ into ``<runs_root>/<study>/<run_id>/row.ipynb``; the training writes its run dir
 :func:`run_batch` runs the rows (``jobs`` papermill subprocesses at a time, one kernel each; threads
 launch them, never multiprocessing), skips finished runs, keeps going past failures, records
 every run's state in ``<runs_root>/<study>/status.csv`` and finally renders the report with
-:func:`render_report`.
+:func:`render_report`. One batch per study (per shard) runs at a time: it holds the study's lock
+(:func:`study_lock`) and a second one is refused; SIGTERM and SIGHUP are handled like Ctrl-C (the
+kernels are stopped and waited for, the running rows marked ``interrupted``).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import difflib
+import fcntl
 import fnmatch
+import functools
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -61,7 +66,7 @@ STATUS = "status.csv"
 STATUS_COLUMNS = ("row", "state", "seconds", "error", "run_dir", "notebook",
                   "method", "seed", "attempts", "updated",
                   "executor", "job_id", "job_state")    # the last three: submitit executors
-STATES = ("pending", "running", "done", "failed", "skipped", "requeued")
+STATES = ("pending", "running", "done", "failed", "skipped", "requeued", "interrupted")
 ROW_NOTEBOOK = "row.ipynb"
 REPORT_NOTEBOOK = "report.ipynb"
 PAPERMILL_LOG = "papermill.log"
@@ -478,15 +483,35 @@ def _kill_active() -> None:
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
+    """Stop papermill's process group and the groups of its descendants (the kernel runs in a
+    session of its own, with its data-loader workers): SIGTERM, up to 10 s, then SIGKILL; return
+    when all of them have ended."""
+    import psutil
+
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    groups = {proc.pid}
+    for child in descendants:
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            groups.add(os.getpgid(child.pid))
+        except OSError:
             pass
-        proc.wait()
+    groups.discard(os.getpgrp())              # never our own group
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, None)):
+        for group in groups:
+            try:
+                os.killpg(group, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        _, alive = psutil.wait_procs(descendants, timeout=wait)
+        if not alive:
+            return
 
 
 def _one_line(text: str, limit: int = 500) -> str:
@@ -532,7 +557,10 @@ def status_path(study: str, root: str | os.PathLike | None = None) -> Path:
 
 def read_status(study: str, root: str | os.PathLike | None = None) -> dict[str, dict[str, str]]:
     """``status.csv`` as ``{row: {column: value}}`` (empty when there is none yet)."""
-    path = status_path(study, root)
+    return read_status_file(status_path(study, root))
+
+
+def read_status_file(path: Path) -> dict[str, dict[str, str]]:
     if not path.exists():
         return {}
     with open(path, newline="", encoding="utf-8") as handle:
@@ -548,7 +576,9 @@ class StatusTable:
         self.lock = threading.Lock()
 
     def update(self, row: str, **values: Any) -> None:
-        with self.lock:
+        with self.lock, self._file_lock():
+            # another batch (another shard) may have written rows since: merge, then write
+            self.lines = {**self.lines, **read_status_file(self.path)}
             line = self.lines.setdefault(row, {c: "" for c in STATUS_COLUMNS})
             line["row"] = row
             for key, value in values.items():
@@ -557,6 +587,16 @@ class StatusTable:
                 line[key] = "" if value is None else str(value)
             line["updated"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             self._write()
+
+    def _file_lock(self):
+        """An exclusive ``flock`` on ``.status.lock`` beside status.csv for one update."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path.parent / ".status.lock", "a+b")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:                       # no flock on this file system: unlocked
+            pass
+        return handle                         # closing it (end of `with`) drops the lock
 
     def _write(self) -> None:
         buffer = io.StringIO()
@@ -667,6 +707,71 @@ class BatchResult:
         return not self.failed and not self.report_error
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, handled like Ctrl-C; ``signum`` gives the exit status 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_on_signals():
+    """Turn SIGTERM and SIGHUP into :class:`Interrupted` in the main thread (once); returns the
+    function that restores the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, _frame):
+        if not _STOP.is_set():
+            _STOP.set()
+            raise Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    return lambda: [signal.signal(sig, old) for sig, old in previous.items()]
+
+
+def study_lock(study: str, root: str | os.PathLike | None = None,
+               shard: str | tuple[int, int] | None = None) -> records.RunLock:
+    """The lock one ``maxq batch`` holds on a study (one per shard) while it runs."""
+    spec = parse_shard(shard)
+    name = ".lock" if spec is None else f".lock-shard{spec[0]}of{spec[1]}"
+    return records.RunLock(runs_root(root) / study, what=f"study {study!r} (status in)",
+                           name=name)
+
+
+def _one_batch_per_study(run: Callable[..., "BatchResult"]) -> Callable[..., "BatchResult"]:
+    """Around :func:`run_batch`: hold the study's lock for the whole batch (a second batch of
+    the same study and shard is refused with the holder's pid) and handle SIGTERM and SIGHUP
+    like Ctrl-C (kernels stopped, rows marked interrupted)."""
+
+    @functools.wraps(run)
+    def wrapper(study, **kwargs):
+        if kwargs.get("dry_run"):
+            return run(study, **kwargs)
+        spec = load_study(study)             # bad input is refused before the lock is taken
+        resolve(spec, rows=kwargs.get("rows"), shard=kwargs.get("shard"),
+                options=kwargs.get("options"))
+        lock = study_lock(spec.name, kwargs.get("runs"), kwargs.get("shard"))
+        created = not lock.directory.exists()
+        try:
+            with lock:
+                restore = _stop_on_signals()
+                try:
+                    return run(study, **kwargs)
+                finally:
+                    restore()
+                    _STOP.clear()
+        finally:
+            if created:
+                try:
+                    lock.directory.rmdir()   # only when the batch left nothing there
+                except OSError:
+                    pass
+
+    return wrapper
+
+
+@_one_batch_per_study
 def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str | None = None,
               jobs: int = 1, force: bool = False, dry_run: bool = False,
               runs: str | os.PathLike | None = None, reports: str | os.PathLike | None = None,
@@ -705,6 +810,8 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
         return BatchResult(spec.name, selected, [], table)
     if jobs < 1:
         raise StudyError(f"--jobs must be >= 1; got {jobs}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise StudyError(f"--timeout must be a finite number of seconds > 0; got {timeout!r}")
     nb_path = Path(notebook) if notebook else (
         (spec.path.parent / spec.notebook) if spec.notebook else notebook_path(ROW_NOTEBOOK))
     status = StatusTable(spec.name, root)
@@ -772,7 +879,7 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
         except Exception as exc:  # noqa: BLE001 - a runner bug must not stop other rows
             outcome = Outcome(row, "failed", 0.0, f"{type(exc).__name__}: {exc}")
         if _STOP.is_set() and outcome.state == "failed":
-            outcome.error = "interrupted"
+            outcome.state, outcome.error = "interrupted", "interrupted"
         status.update(row.id, state=outcome.state, seconds=outcome.seconds,
                       error=_one_line(outcome.error))
         message = f"{row.id}: {outcome.state} in {outcome.seconds:.0f} s"
@@ -787,14 +894,15 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
         outcomes.extend(pool.map(work, todo))
         pool.shutdown(wait=True)
     except KeyboardInterrupt:
-        # Ctrl-C: stop launching, end the running kernels (they are in their own sessions),
-        # record the interrupted runs as failed (retried next time), leave the others pending
+        # Ctrl-C, SIGTERM, SIGHUP: stop launching, end the running kernels (they are in their
+        # own sessions), record the runs as interrupted (retried next time), leave the others
+        # pending
         _STOP.set()
         _kill_active()
         pool.shutdown(wait=True, cancel_futures=True)
         for row, _ in todo:
             if status.lines.get(row.id, {}).get("state") == "running":
-                status.update(row.id, state="failed", error="interrupted")
+                status.update(row.id, state="interrupted", error="interrupted")
         echo(f"maxq batch: interrupted; status in {table}")
         raise
     finally:
@@ -953,9 +1061,13 @@ def run_batch_command(args: argparse.Namespace) -> int:
                            report=not args.no_report, options=_parse_options(args.option),
                            timeout=args.timeout, progress=not args.no_progress,
                            executor=getattr(args, "executor", "threads"), slurm=slurm)
-    except StudyError as exc:
+    except (StudyError, records.RunDirBusy) as exc:
         print(f"maxq batch: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:           # Ctrl-C 130, SIGTERM 143, SIGHUP 129
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"maxq batch: error: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     return 0 if result.ok else 1
 
 

@@ -244,7 +244,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     main_rank = os.environ.get("RANK", "0") == "0"
     if config.evaluate:
-        stats = evaluate(config)
+        stats = evaluate(config, explicit=getattr(args, "explicit_options", None))
         if main_rank:
             print(f"evaluate: Prec@1 {stats['top1']:.3f} Prec@5 {stats['top5']:.3f} "
                   f"Loss {stats['loss']:.4f} on {stats['images']} images")
@@ -256,6 +256,19 @@ def run_train(args: argparse.Namespace) -> int:
               f"{result['best_epoch']}); last top-1 {result['last_top1']:.3f} top-5 "
               f"{result['last_top5']:.3f}; run directory {run_dir}")
     return 0
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """The destinations ``argv`` sets itself (not left at their defaults)."""
+    saved = {action: action.default for action in parser._actions}  # noqa: SLF001
+    try:
+        for action in saved:
+            action.default = argparse.SUPPRESS
+        namespace, _ = parser.parse_known_args(argv)
+    finally:
+        for action, default in saved.items():
+            action.default = default
+    return set(vars(namespace))
 
 
 def split_glued_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -325,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
+        if selected == "train":
+            args.explicit_options = explicit_options(parser.subcommand_parsers["train"],
+                                                     argv[argv.index("train") + 1:])
         status = Subcommand.resolve(args._run)(args)  # noqa: SLF001 - set by build_parser
         return int(status or 0)
     except KeyboardInterrupt:

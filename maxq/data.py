@@ -433,12 +433,54 @@ _CIFAR_LAYOUT = {
 }
 
 
+#: the only globals a data pickle may name: numpy's array and scalar reconstruction (numpy 1
+#: and 2 module paths), protocol 2's spelling of bytes and sets; lists, dicts, tuples, numbers,
+#: strings and bytes need none
+_DATA_PICKLE_GLOBALS = frozenset(
+    [(m, n) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+     for n in ("_reconstruct", "scalar")]
+    + [(m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric")]
+    + [(m, n) for m in ("builtins", "__builtin__")
+       for n in ("set", "frozenset", "bytearray", "complex")]
+    + [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")])
+
+
+class DataPickleError(pickle.UnpicklingError):
+    """A data pickle names something other than plain data (it could run code)."""
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that loads data only: every global outside
+    :data:`_DATA_PICKLE_GLOBALS` is refused before it is imported or called."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _DATA_PICKLE_GLOBALS:
+            raise DataPickleError(f"{module}.{name}")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid):
+        raise DataPickleError(f"persistent id {pid!r}")
+
+
+def load_data_pickle(path: str | os.PathLike, encoding: str = "bytes"):
+    """Unpickle a data file (containers, numbers, strings, bytes, numpy arrays) without running
+    code: anything else raises :class:`DataError` naming the file and what it asked for."""
+    with open(path, "rb") as f:
+        try:
+            return _DataUnpickler(f, encoding=encoding).load()
+        except DataPickleError as e:
+            raise DataError(f"refusing to load {path}: it names {e}, which is not data (only "
+                            f"containers, numbers, strings, bytes and numpy arrays are read)"
+                            ) from None
+
+
 def _unpickle(path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
+        d = load_data_pickle(path)
     except FileNotFoundError:
         raise DataError(f"missing CIFAR file {path}") from None
+    except DataError:
+        raise
     except Exception as e:
         raise DataError(f"cannot read CIFAR file {path}: {type(e).__name__}: {e}") from None
     if not isinstance(d, dict):

@@ -735,6 +735,20 @@ def _default_out(loaded: LoadedRun, fmt: str) -> Path:
     return base / EXPORT_DIR / DEFAULT_NAMES[fmt]
 
 
+def _refuse_record_targets(out: Path, source: Path, fmt: str) -> None:
+    """``--out`` may not name a file of a run directory (torchvision's ``.json`` sidecar
+    included) nor the checkpoint being exported."""
+    from maxq import records
+
+    targets = [out] + ([out.with_suffix(".json")] if fmt == "torchvision" else [])
+    for target in targets:
+        if records.is_record_path(target) or (
+                source.is_file() and target.expanduser().resolve() == source.resolve()):
+            raise ExportError(f"--out {out} would overwrite {target}, a file of a run record; "
+                              f"nothing was written: choose another --out (default: "
+                              f"RUN/{EXPORT_DIR}/{DEFAULT_NAMES[fmt]})")
+
+
 def export(path: str | Path, format: str = "torchvision", out: str | Path | None = None, *,
            arch: str | None = None, N: int | None = None, M: int | None = None,
            which: str = "auto", image_size: int | None = None, log=print,
@@ -757,6 +771,8 @@ def export(path: str | Path, format: str = "torchvision", out: str | Path | None
         if not ok:
             log(reason)
             return ExportResult(format, None, {}, [], 0.0, {"skipped": reason})
+    if out is not None:
+        _refuse_record_targets(Path(out), Path(path), format)
     loaded, stock, rows = _load_folded(path, arch=arch, N=N, M=M, which=which,
                                        image_size=image_size, log=log)
     x = _example_input(loaded, 2)

@@ -10,6 +10,7 @@ A run directory (``--save_dir``) holds::
     best.pth         best-top-1 model weights
     result.json      written last, when the run finished (see RESULT_KEYS)
     log.txt          human-readable log in the seed's style
+    .lock            present while a process writes the run (see :class:`RunLock`)
 
 Epochs count from 0 everywhere (as in the seed's logs and ``maxq.schedules``): the ``epoch`` of a
 metrics/layers row, ``masks/epoch_000.npz`` (the masks after the first epoch), ``best_epoch`` and
@@ -19,13 +20,22 @@ is the count of finished epochs.
 Every file is written atomically (temporary file in the same directory + ``os.replace``), so a run
 killed at any moment leaves either the old or the new version of a file, never half of one.
 Everything after training reads run directories only through this module.
+
+**One writer per run directory.** A process that writes a run holds :class:`RunLock`, an
+exclusive ``flock`` on ``RUN/.lock``, from before its first write to its end; a second writer is
+refused with "run directory ... in use by pid ...". The kernel drops the lock when its holder
+dies (``kill -9`` included), so a lock file left by a dead process never blocks.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
 import json
 import os
+import socket
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -39,6 +49,9 @@ CHECKPOINT = "checkpoint.pth"
 BEST = "best.pth"
 RESULT = "result.json"
 LOG = "log.txt"
+LOCK = ".lock"
+#: the files of a run directory (besides ``masks/epoch_XXX.npz``)
+RECORD_FILES = (CONFIG, METRICS, LAYERS, CHECKPOINT, BEST, RESULT, LOG, LOCK)
 
 METRIC_KEYS = (
     "epoch", "lr", "train_loss", "train_top1", "train_top5",
@@ -55,6 +68,135 @@ HIST_EDGES = tuple([0.0, 0.5] + [round(1.0 + 0.1 * i, 1) for i in range(21)])
 
 class RunRecordError(ValueError):
     """A run directory is missing, incomplete or belongs to another configuration."""
+
+
+class RunDirBusy(RunRecordError):
+    """Another process holds the lock of a run directory (or of a study's status)."""
+
+
+# ----------------------------------------------------------------------------- one writer
+class RunLock:
+    """An exclusive, non-blocking ``fcntl.flock`` on ``DIR/.lock`` (the directory is created).
+
+    ``acquire()`` raises :class:`RunDirBusy` naming the holder's pid (written into the file by
+    the holder) when another process holds it. ``release()`` removes the file and drops the lock;
+    a lock file left behind by a process that died is not locked (the kernel released it with the
+    process) and is taken over. Where the file system has no ``flock`` (some network mounts) the
+    run goes on unlocked, with a warning. Use as a context manager or acquire/release."""
+
+    def __init__(self, directory: str | os.PathLike, what: str = "run directory",
+                 name: str = LOCK):
+        self.directory = Path(directory)
+        self.path = self.directory / name
+        self.what = what
+        self.fd: int | None = None
+
+    def acquire(self) -> "RunLock":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):          # the file may be removed by its releasing holder meanwhile
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_holder(fd)
+                os.close(fd)
+                raise RunDirBusy(f"{self.what} {self.directory} in use by {holder}; nothing was "
+                                 f"changed: wait for it to end or stop it") from None
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    warnings.warn(f"cannot lock {self.path} ({exc.strerror}): this file system "
+                                  f"has no flock; nothing stops a second writer", stacklevel=2)
+                    return self
+                raise
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:                 # locked a file its holder had just removed: retry
+                os.close(fd)
+                continue
+            self.fd = fd
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+            except BaseException:
+                self.release()
+                raise
+            return self
+        raise RunDirBusy(f"{self.what} {self.directory}: could not take {self.path}")
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)         # still locked: a newcomer retries on a fresh file
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self.fd)            # closing drops the flock
+            self.fd = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        text = ""
+    return text if text.startswith("pid ") else "another process"
+
+
+def check_unlocked(directory: str | os.PathLike, what: str = "run directory",
+                   name: str = LOCK) -> None:
+    """Raise :class:`RunDirBusy` when another process holds ``directory``'s lock; writes nothing
+    (used before refusals, so that a busy run is reported as busy)."""
+    path = Path(directory) / name
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    except BlockingIOError:
+        raise RunDirBusy(f"{what} {directory} in use by {_read_holder(fd)}; nothing was "
+                         f"changed: wait for it to end or stop it") from None
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(run_dir: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries (``.NAME.XXXX.tmp``) that a writer killed during an atomic write
+    left in ``run_dir`` and ``run_dir/masks``; only call while holding the run's lock."""
+    run_dir = Path(run_dir)
+    names = [name for name in RECORD_FILES if name != LOCK]
+    stale = [p for name in names for p in run_dir.glob(f".{name}.*.tmp")]
+    stale += list((run_dir / MASKS).glob(".epoch_*.npz.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def is_record_path(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is (would be) a file of a run directory: a record name in a folder that
+    holds ``config.json``, or a mask snapshot in such a folder's ``masks/``."""
+    path = Path(path).expanduser().absolute()
+    if path.name in RECORD_FILES and (path.parent / CONFIG).is_file():
+        return True
+    return (path.parent.name == MASKS and path.name.startswith("epoch_")
+            and path.name.endswith(".npz") and (path.parent.parent / CONFIG).is_file())
 
 
 # ----------------------------------------------------------------------------- atomic writing

@@ -190,6 +190,10 @@ class TrainConfig:
                  f"the incremental method {self.conv_bn_type}")
         need(self.warmup_length <= self.epochs,
              f"--warmup-length ({self.warmup_length}) must be <= --epochs ({self.epochs})")
+        for name in ("lr", "tau", "decay", "weight_decay", "momentum", "label_smoothing"):
+            value = getattr(self, name)       # inf passes "> 0"; nan would fail it unclearly
+            need(not _is_number(value) or math.isfinite(value),
+                 f"--{name.replace('_', '-')} must be a finite number; got {value!r}")
         for name, lo in (("lr", 0.0), ("tau", 0.0)):
             value = getattr(self, name)
             need(_is_number(value) and value > lo, f"--{name} must be > {lo:g}; got {value!r}")
@@ -774,6 +778,64 @@ def plan_run_dir(cfg: TrainConfig) -> Path | None:
     return None
 
 
+class RunClaim:
+    """What :func:`claim_run_dir` took: the run directory's lock (rank 0), and whether this run
+    created the directory (removed again when the run leaves nothing in it)."""
+
+    def __init__(self, run_dir: Path, lock: records.RunLock | None, created: bool,
+                 fresh: bool):
+        self.run_dir, self.lock, self.created, self.fresh = run_dir, lock, created, fresh
+
+    def data_error(self, exc: Exception) -> None:
+        """A bad data file stopped the run. Before the first checkpoint the files this run wrote
+        are removed (a fixed rerun starts cleanly); after it they are kept and the message says
+        how to go on."""
+        if self.lock is None:
+            return
+        if (self.run_dir / records.CHECKPOINT).is_file():
+            from maxq.data import DataError
+
+            raise DataError(f"{exc}; the run in {self.run_dir} is kept: fix or remove that file, "
+                            f"then continue it with --resume") from None
+        if self.fresh:
+            for path in _run_files(self.run_dir):
+                path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.lock is None:
+            return
+        self.lock.release()
+        self.lock = None
+        if self.created:
+            for folder in (self.run_dir / records.MASKS, self.run_dir):
+                try:
+                    folder.rmdir()            # only when empty
+                except OSError:
+                    pass
+
+
+def claim_run_dir(cfg: TrainConfig) -> tuple[Path | None, RunClaim]:
+    """:func:`plan_run_dir` under the run directory's lock: one writer per run directory. Rank 0
+    holds the lock until the run ends; a second process is refused ("in use by pid ...") before
+    any other refusal. Stale temporaries of a killed atomic write are removed once locked."""
+    run_dir = Path(cfg.save_dir)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return plan_run_dir(cfg), RunClaim(run_dir, None, False, False)
+    records.check_unlocked(run_dir)
+    plan_run_dir(cfg)                         # refusals write nothing, not even the lock
+    created = not run_dir.exists()
+    lock = records.RunLock(run_dir).acquire()
+    claim = RunClaim(run_dir, lock, created, fresh=True)
+    try:
+        resume_from = plan_run_dir(cfg)       # again: the previous holder may have finished it
+        records.remove_stale_temporaries(run_dir)
+    except BaseException:
+        claim.close()
+        raise
+    claim.fresh = resume_from is None
+    return resume_from, claim
+
+
 def load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
     """A checkpoint.pth (``weights_only=True``), refused when it was written by another config."""
     try:
@@ -856,9 +918,13 @@ def train(config: TrainConfig) -> Path:
     if cfg.batch_size % world_size:
         raise ValueError(f"--batch-size {cfg.batch_size} (global) is not divisible by the "
                          f"{world_size} processes")
-    resume_from = plan_run_dir(cfg)          # refuses before anything is written
+    resume_from, claim = claim_run_dir(cfg)  # refuses before anything is written; locks it
     run_dir = Path(cfg.save_dir)
-    rt = setup_runtime(cfg.device, cfg.amp)
+    try:
+        rt = setup_runtime(cfg.device, cfg.amp)
+    except BaseException:
+        claim.close()
+        raise
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         barrier(rt)                           # every rank has checked save_dir before rank 0 writes
@@ -1037,16 +1103,66 @@ def train(config: TrainConfig) -> Path:
             f"{run_dir}")
         barrier(rt)
         return run_dir
+    except maxq_data.DataError as exc:
+        claim.data_error(exc)                 # leaves the directory so that a rerun is accepted
+        raise
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         teardown_runtime(rt)
+        claim.close()
 
 
 # ============================================================================ evaluate
-def evaluate(config: TrainConfig) -> dict[str, float]:
+#: what ``--evaluate`` takes from the stored config of the checkpoint it evaluates (flag names)
+CHECKPOINT_DEFINES = {"arch": "--arch", "conv_bn_type": "--conv-bn-type", "N": "--N",
+                      "M": "--M", "small_input": "--small-input"}
+
+
+def checkpoint_settings(path: str | os.PathLike) -> dict[str, Any]:
+    """The :data:`CHECKPOINT_DEFINES` values a maxq checkpoint stores (its ``config``; best.pth
+    also its ``arch``); empty for checkpoints without them (the seed's, bare state dicts)."""
+    obj = None
+    for mmap in (True, False):                # mmap: cheap; the legacy (non-zip) format has none
+        try:
+            obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True,
+                             mmap=mmap)
+            break
+        except Exception:  # noqa: BLE001 - unreadable files are reported by read_weights
+            continue
+    if not isinstance(obj, dict):
+        return {}
+    stored = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    if "arch" not in stored and isinstance(obj.get("arch"), str):
+        stored = {**stored, "arch": obj["arch"]}
+    return {k: stored[k] for k in CHECKPOINT_DEFINES if k in stored}
+
+
+def adopt_checkpoint_settings(config: TrainConfig, path: str | os.PathLike,
+                              explicit: set[str] | None = None) -> TrainConfig:
+    """``config`` with arch, method, N, M and stem taken from the checkpoint at ``path``. A value
+    given explicitly (``explicit``: the fields set on the command line; None: those that differ
+    from the defaults) that contradicts the checkpoint is an error naming both values."""
+    stored = checkpoint_settings(path)
+    if explicit is None:
+        defaults = TrainConfig()
+        explicit = {k for k in CHECKPOINT_DEFINES if getattr(config, k) != getattr(defaults, k)}
+    clashes = [f"{CHECKPOINT_DEFINES[k]} {getattr(config, k)} but the checkpoint has "
+               f"{CHECKPOINT_DEFINES[k]} {stored[k]}"
+               for k in CHECKPOINT_DEFINES
+               if k in stored and k in explicit and getattr(config, k) is not None
+               and getattr(config, k) != stored[k]]
+    if clashes:
+        raise ValueError(f"--evaluate {path}: {'; '.join(clashes)}; drop the flag (the "
+                         f"checkpoint's value is used) or evaluate another checkpoint")
+    return dataclasses.replace(config, **stored)
+
+
+def evaluate(config: TrainConfig, explicit: set[str] | None = None) -> dict[str, float]:
     """The seed's ``--evaluate --pretrained PATH``: top-1/top-5 of those weights on the
-    validation data (the resume checkpoint when no ``pretrained``). Writes nothing but log lines
-    (appended to ``save_dir/log.txt`` when ``save_dir`` is given)."""
+    validation data (the resume checkpoint when no ``pretrained``). Arch, method, N, M and stem
+    come from the checkpoint when it stores them (see :func:`adopt_checkpoint_settings`;
+    ``explicit``: the fields given on the command line). Writes nothing but log lines (appended
+    to ``save_dir/log.txt`` when ``save_dir`` is given)."""
     from maxq import data as maxq_data, sparse
 
     config.validate()
@@ -1056,6 +1172,8 @@ def evaluate(config: TrainConfig) -> dict[str, float]:
     if weights_path is None:
         weights_path = cfg.resume if isinstance(cfg.resume, str) else str(
             Path(cfg.save_dir) / records.CHECKPOINT)
+    config = adopt_checkpoint_settings(config, weights_path, explicit).validate()
+    cfg = config.resolved(world_size)
     rt = setup_runtime(cfg.device, cfg.amp)
     try:
         seed_everything(cfg.seed)

@@ -32,8 +32,10 @@ def _maxq(*args: str, base: list[str] = ARGS) -> list[str]:
 
 
 def _snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every record file; not the lock file the killed process left, which any later command on
+    the run directory takes over and removes (it records nothing)."""
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file()}
+            if p.is_file() and p.name != records.LOCK}
 
 
 def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -69,6 +71,7 @@ def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path, capsys, interval
 
     ckpt = torch.load(killed_dir / records.CHECKPOINT, map_location="cpu", weights_only=True)
     assert ckpt["epoch"] == 0
+    assert (killed_dir / records.LOCK).read_text().startswith(f"pid {victim.pid} ")
     assert not (killed_dir / records.RESULT).exists()
 
     # a resume with another configuration is refused, one line, and changes nothing
