@@ -1,5 +1,6 @@
-"""Train-step benchmark: dense ResNet-50 vs MaxQ (mask recomputed every step) vs MaxQ with the
-sort-based reference mask, side by side in one process.
+"""Train-step benchmark: dense ResNet-50 vs MaxQ (mask recomputed every step) vs SR-STE vs MaxQ
+with the sort-based reference mask, side by side in one process, and where a MaxQ mask refresh
+spends its time.
 
 Setting (the issue's): stock torchvision ResNet-50, 32x32 input, batch 64, SGD (lr 0.1,
 momentum 0.9, weight decay 1e-4), cross-entropy; one step = forward + backward + optimizer step.
@@ -8,14 +9,22 @@ their mask ``maxq_mask(..., cache=...)`` on every training forward (dense fracti
 the full N:M + axis-query mask), all up front, layers side by side on the CPU threads
 (``maxq.sparse.refresh_masks``). With more than one thread the table adds the same model with
 the layers' masks computed one after another (``set_mask_workers(model, 1)``), to show what the
-side-by-side refresh gains. ``--decay`` adds the SR-STE decay step of the recipe.
+side-by-side refresh gains. ``--decay`` adds the SR-STE decay step of the recipe to the MaxQ rows.
+SR-STE = ``sparsify(model, "SoftSRSTEConv2dBN", 2, 4)``: its hard N:M mask (``nm_mask``) every
+step and its decay (``--decay``, else the recipe's 2e-4) after backward.
 
-The three models start from the same weights and take the same steps on the same data, round
+The per-stage profile: after the timed rounds, the MaxQ model takes ``--profile-rounds`` more
+steps, after each of which its masks are refreshed once more, one layer after another, under
+``maxq.masks.profile_stages`` (same clock); it lists every stage's time per refresh (min and
+median over those rounds) and its share, and the whole refresh.
+
+The models start from the same weights and take the same steps on the same data, round
 by round (``--rounds``), after ``--warmup`` untimed steps. The table reports min and median per
 step and the ratio of minima to the dense step.
 
 Run: ``python benchmarks/train_step.py`` (options: --threads, --rounds, --warmup, --decay,
---clock cpu for process CPU time instead of wall time).
+--profile-rounds, --clock cpu for process CPU time instead of wall time; on a busy machine use
+``--threads 1 --clock cpu``).
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ sys.path.insert(0, os.path.join(_HERE, "..", "tests"))
 sys.path.insert(0, os.path.join(_HERE, ".."))
 from mask_reference import reference_maxq_mask  # noqa: E402
 
-from maxq import sparse  # noqa: E402
+from maxq import masks, sparse  # noqa: E402
 
 
 def use_reference_masks(model) -> None:
@@ -50,6 +59,25 @@ def use_reference_masks(model) -> None:
                                        progressive=st.method.progressive,
                                        generator=st.generator)
         st.compute_mask = compute
+
+
+def stage_profile(model, step, data, rounds: int, clock) -> tuple[dict, list]:
+    """Per-stage times of ``rounds`` refreshes of every mask of ``model`` (layers one after
+    another): ({stage: [seconds per round]}, [whole refresh per round]). Each round first takes
+    one untimed training step, so that the weights moved by one step since the last refresh, as
+    in training."""
+    layers = [m for m in sparse.sparse_layers(model).values() if m.maxq.trainable]
+    stages, totals = {}, []
+    for i in range(rounds):
+        step(*data[i % len(data)])
+        with masks.profile_stages(clock) as prof:
+            t = clock()
+            for m in layers:
+                m.refresh_mask()
+            totals.append(clock() - t)
+        for name, sec in prof.items():
+            stages.setdefault(name, []).append(sec)
+    return stages, totals
 
 
 def make_step(model, decay: float):
@@ -76,6 +104,8 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--decay", type=float, default=0.0, help="SR-STE decay (recipe: 2e-4)")
     p.add_argument("--no-reference", action="store_true", help="skip the sort-based variant")
+    p.add_argument("--profile-rounds", type=int, default=3,
+                   help="refreshes timed per stage after the rounds (0: no profile)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time, or process CPU time (robust on a shared machine with "
                         "--threads 1)")
@@ -91,11 +121,14 @@ def main(argv=None):
         one_by_one = sparse.sparsify(copy.deepcopy(dense), "SoftMaxQConv2DBN", 2, 4)
         sparse.set_mask_workers(one_by_one, 1)
         models["  same, layers one after another"] = one_by_one
+    models["SR-STE 2:4, nm_mask every step"] = sparse.sparsify(copy.deepcopy(dense),
+                                                               "SoftSRSTEConv2dBN", 2, 4)
     if not args.no_reference:
         ref_model = sparse.sparsify(copy.deepcopy(dense), "SoftMaxQConv2DBN", 2, 4)
         use_reference_masks(ref_model)
         models["MaxQ 2:4, sort-based mask every step"] = ref_model
-    steps = {name: make_step(m.train(), args.decay) for name, m in models.items()}
+    steps = {name: make_step(m.train(), (args.decay or 2e-4) if name.startswith("SR-STE")
+                             else args.decay) for name, m in models.items()}
 
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(args.batch, 3, args.size, args.size, generator=g),
@@ -114,10 +147,27 @@ def main(argv=None):
     base = min(times["dense ResNet-50"])
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, ResNet-50, "
           f"{args.size}x{args.size}, batch {args.batch}, rounds {args.rounds} "
-          f"(after {args.warmup} warm-up), SR-STE decay {args.decay:g}, {args.clock} clock")
+          f"(after {args.warmup} warm-up), decay: MaxQ {args.decay:g}, SR-STE "
+          f"{args.decay or 2e-4:g}, {args.clock} clock")
     print(f"{'variant':<40} {'min s':>8} {'median s':>9} {'ratio':>7}")
     for name, ts in times.items():
         print(f"{name:<40} {min(ts):8.3f} {statistics.median(ts):9.3f} {min(ts) / base:7.3f}")
+
+    if args.profile_rounds > 0:
+        stages, totals = stage_profile(maxq_model, steps["MaxQ 2:4, maxq_mask every step"], data,
+                                       args.profile_rounds, clock)
+        n = sum(m.weight.numel() for m in sparse.sparse_layers(maxq_model).values())
+        print(f"\nMaxQ mask refresh by stage ({len(sparse.sparse_layers(maxq_model))} layers, "
+              f"{n / 1e6:.1f} M weights, one after another, {args.profile_rounds} rounds, "
+              f"{args.clock} clock)")
+        print(f"{'stage':<40} {'min s':>8} {'median s':>9} {'share':>7}")
+        whole = statistics.median(totals)
+        order = sorted(stages, key=lambda name: name.startswith("final"))   # final write last
+        for name in order:
+            ts = stages[name]
+            med = statistics.median(ts)
+            print(f"{name:<40} {min(ts):8.3f} {med:9.3f} {med / whole:7.1%}")
+        print(f"{'whole refresh (incl. untimed glue)':<40} {min(totals):8.3f} {whole:9.3f}")
 
 
 if __name__ == "__main__":

@@ -52,7 +52,9 @@ the sort-based reference (``tests/mask_reference.py``):
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +66,46 @@ _FILTER_CHUNK = 8    # entries per chunk on the (short) filter-axis rows
 
 __all__ = ["AXES", "SELECTIONS", "nm_mask", "maxq_mask", "maxq_v1_mask", "axis_query",
            "block_l1", "dense_blocks", "query_k"]
+
+
+# ----------------------------------------------------------------------------------------------
+# per-stage profile (benchmarks/train_step.py reports where a refresh spends its time)
+# ----------------------------------------------------------------------------------------------
+_PROFILE: dict | None = None          # stage -> seconds, while profile_stages() is active
+_PROFILE_CLOCK = time.perf_counter
+
+
+@contextlib.contextmanager
+def profile_stages(clock=time.perf_counter):
+    """Accumulate the time :func:`maxq_mask` spends per stage into the yielded dict.
+
+    For benchmarks: the stages are timed with ``clock`` (``time.process_time`` on a busy machine,
+    with one thread), so call the masks one after another (not from several threads) while it is
+    active. Off (the default), each stage mark costs one attribute test."""
+    global _PROFILE, _PROFILE_CLOCK
+    previous = _PROFILE, _PROFILE_CLOCK
+    _PROFILE, _PROFILE_CLOCK = {}, clock
+    try:
+        yield _PROFILE
+    finally:
+        _PROFILE, _PROFILE_CLOCK = previous
+
+
+class _Lap:
+    """Stage marks of one :func:`maxq_mask` call: ``lap("name")`` charges the time since the
+    previous mark to ``name`` (no-op unless :func:`profile_stages` is active)."""
+
+    __slots__ = ("prof", "t")
+
+    def __init__(self):
+        self.prof = _PROFILE
+        self.t = _PROFILE_CLOCK() if self.prof is not None else 0.0
+
+    def __call__(self, name: str) -> None:
+        if self.prof is not None:
+            t = _PROFILE_CLOCK()
+            self.prof[name] = self.prof.get(name, 0.0) + t - self.t
+            self.t = t
 
 
 # ----------------------------------------------------------------------------------------------
@@ -650,6 +692,7 @@ def maxq_mask(weight: torch.Tensor, N: int, M: int, *, dense_fraction: float = 0
         A new tensor S with the shape and dtype of ``weight``: 0 (pruned) or 1 .. 3 (kept).
         Computed in float32. Ties: the lower index wins everywhere (module doc).
     """
+    lap = _Lap()
     rho = _check(weight, N, M, dense_fraction=dense_fraction, tau=tau, axis=axis,
                  selection=selection)
     if N == M:
@@ -662,6 +705,7 @@ def maxq_mask(weight: torch.Tensor, N: int, M: int, *, dense_fraction: float = 0
     shape = weight.shape
     A = _magnitudes(weight, _buffer(cache, "A", shape, weight))
     scratch = _buffer(cache, "scratch", shape, weight)
+    lap("A = |W|")
 
     # hard mask B (with dense blocks, or progressive N)
     if axis == "none":
@@ -673,12 +717,14 @@ def maxq_mask(weight: torch.Tensor, N: int, M: int, *, dense_fraction: float = 0
         _block_keep(A, M - _floor((M - N) * (1.0 - rho)), M, B4, cache)
     else:
         _block_keep(A, N, M, B4, cache)
+        lap("block ranks (B)")
         G = A.numel() // M
         n_dense = min(G, _floor(rho * G))
         if n_dense > 0:
             state = None if cache is None else cache.setdefault("dense", {})
             dense = dense_blocks(block_l1(A, M), n_dense, selection, generator, state, scratch)
             _apply_dense(B4, dense)
+    lap("block ranks (B)" if progressive else "dense-block selection")
     if axis == "none":
         return Bf.to(weight.dtype)
 
@@ -691,13 +737,17 @@ def maxq_mask(weight: torch.Tensor, N: int, M: int, *, dense_fraction: float = 0
         state = None if cache is None else cache.setdefault(f"axis{i}", {})
         k = query_k(rows.L, N, M)
         vk, vk1 = _order_stats(rows, k, state, scratch)
+        lap(("filter", "kernel")[i] + "-axis order statistics")
         Y = _buffer(cache, f"Y{i}", shape, weight) if i else torch.empty_like(A)
         _axis_term(rows, A, Bf, k, vk, vk1, tau, axis == "hard", Y)
         terms.append(Y)
+        lap(("filter", "kernel")[i] + "-axis sigmoid term")
     S = terms[0].add_(Bf)                              # (Q_f + B): fresh tensor, returned
     if len(terms) > 1:
         S.add_(terms[1])
-    return S.to(weight.dtype)
+    S = S.to(weight.dtype)
+    lap("final write S = (Q_f + B) + Q_k")
+    return S
 
 
 def _axis_term(rows, A, Bf, k, vk, vk1, tau, hard, Y) -> None:

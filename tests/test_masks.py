@@ -381,3 +381,20 @@ def test_rows_whose_warm_window_misses_are_refined_exactly(scale):
         mm._redo_missed = orig
     assert torch.equal(S, reference_maxq_mask(w2, 2, 4))
     assert missed and set(range(0, 48, 5)) <= set(missed[0].tolist())
+
+
+def test_profile_stages_names_the_stages_and_leaves_the_mask_unchanged():
+    """The benchmark's per-stage profile only observes: same mask, stages named, off afterwards."""
+    from maxq import masks
+
+    w = torch.randn(16, 8, 3, 3, generator=torch.Generator().manual_seed(3))
+    plain = maxq_mask(w, 2, 4, dense_fraction=0.3)
+    with masks.profile_stages() as prof:
+        profiled = maxq_mask(w, 2, 4, dense_fraction=0.3)
+    assert torch.equal(plain, profiled)
+    assert torch.equal(profiled, reference_maxq_mask(w, 2, 4, dense_fraction=0.3))
+    assert {"A = |W|", "block ranks (B)", "dense-block selection", "filter-axis order statistics",
+            "kernel-axis order statistics", "filter-axis sigmoid term", "kernel-axis sigmoid term",
+            "final write S = (Q_f + B) + Q_k"} == set(prof)
+    assert all(t >= 0 for t in prof.values())
+    assert masks._PROFILE is None
