@@ -499,6 +499,7 @@ def accuracy_vs_flops(summary: pd.DataFrame, gflops: pd.DataFrame, *, title: str
     archs = list(dict.fromkeys(frame["arch"]))
     methods = list(dict.fromkeys(frame["method"]))
     fig, axes = _grid(len(archs), 3, (5.0, 3.8))
+    labelled: dict[str, str] = {}          # arch -> the method whose points carry the N:M labels
     for ax, arch in zip(axes.flat, archs):
         sub = frame[frame["arch"] == arch]
         for method in methods:
@@ -511,7 +512,7 @@ def accuracy_vs_flops(summary: pd.DataFrame, gflops: pd.DataFrame, *, title: str
             ax.errorbar(part["gflops"], part["top1_mean"], yerr=[low, high],
                         fmt="*" if dense else "o-", markersize=12 if dense else 5, capsize=3,
                         color=_color(method, methods), label=_label(part, method))
-            if not dense:
+            if not dense and method == labelled.setdefault(arch, method):   # once per x
                 for x, y, n, m in zip(part["gflops"], part["top1_mean"], part["N"], part["M"]):
                     ax.annotate(f"{n}:{m}", (x, y), textcoords="offset points", xytext=(4, -10),
                                 fontsize=7)

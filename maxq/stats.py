@@ -235,3 +235,35 @@ def _interval_text(mean: float, low: float, high: float, signed: bool = False) -
     if not (np.isfinite(low) and np.isfinite(high)):
         return f"{mean:{fmt}} (no CI: n < 2)"
     return f"{mean:{fmt}} [{low:{fmt}}, {high:{fmt}}]"
+
+
+def convergence(epochs: pd.DataFrame, runs: pd.DataFrame, threshold: float = 0.5,
+                method: str = DENSE) -> pd.DataFrame:
+    """Did training converge? Per finished run of ``method`` (the dense baseline by default):
+    validation top-1 gained over its last two epochs (last − two epochs before) and whether
+    that gain is below ``threshold`` points."""
+    done = _finished(runs)
+    done = done[done["method"] == method] if len(done) else done
+    out = []
+    for run in done["run"] if len(done) else []:
+        curve = epochs[epochs["run"] == run].sort_values("epoch")["val_top1"].tolist()
+        if len(curve) < 3:
+            continue
+        gain = curve[-1] - curve[-3]
+        out.append({"run": run, "last_top1": curve[-1], "gain_last_two_epochs": gain,
+                    "converged": bool(gain < threshold)})
+    return pd.DataFrame(out, columns=["run", "last_top1", "gain_last_two_epochs", "converged"])
+
+
+def convergence_markdown(table: pd.DataFrame, threshold: float = 0.5) -> str:
+    """One sentence and the table: the dense runs' gain over their last two epochs."""
+    if not len(table):
+        return "_no finished dense run with 3 or more epochs: convergence not checked_\n"
+    met = int(table["converged"].sum())
+    text = (f"Dense runs' validation top-1 gain over their last two epochs: mean "
+            f"{table['gain_last_two_epochs'].mean():+.2f} points (range "
+            f"{table['gain_last_two_epochs'].min():+.2f} to "
+            f"{table['gain_last_two_epochs'].max():+.2f}); below {threshold} points in {met} of "
+            f"{len(table)} runs: **{'converged' if met == len(table) else 'not converged'}** by "
+            f"that criterion.\n\n")
+    return text + table.round(2).to_markdown(index=False) + "\n"

@@ -103,3 +103,15 @@ def test_markdown_renders_every_claim_and_row():
     assert "MQ beats SR" in text and "+2.8" in text and "+1.25" in text
     assert "1of16" in stats.summary_markdown(stats.summary(runs))
     assert "no claims" in stats.verdicts_markdown(claims.iloc[0:0])
+
+
+def test_convergence_of_the_dense_runs():
+    runs = _runs({("dense", stats.DENSE): [85.0, 86.0], ("2of4", "MQ"): [84.0, 85.0]})
+    runs["run"] = [f"r{i}" for i in range(len(runs))]
+    curves = {"r0": [80.0, 84.8, 84.9, 85.0], "r1": [80.0, 84.0, 85.0, 86.0]}
+    epochs = pd.DataFrame([{"run": run, "epoch": e, "val_top1": v}
+                           for run, curve in curves.items() for e, v in enumerate(curve)])
+    table = stats.convergence(epochs, runs)
+    assert table["gain_last_two_epochs"].tolist() == pytest.approx([0.2, 2.0])
+    assert table["converged"].tolist() == [True, False]
+    assert "not converged" in stats.convergence_markdown(table)
