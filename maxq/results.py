@@ -574,3 +574,16 @@ def mask_choice(results: Results, run: str | None = None, layer: str | None = No
     return {"run": run, "layer": layer, "epoch": epoch, "epochs": epochs, "layers": layers,
             "hard": snap[layer]["hard"], "soft": snap[layer]["soft"], "M": int(M),
             "runs": runs}
+
+
+def runs_note(results: Results, runs_root: str | os.PathLike | None = None) -> str:
+    """One Markdown line for the report: how many runs were found where, or, plainly, that the
+    study has none yet and the command that makes them."""
+    from maxq import batch
+
+    folder = batch.runs_root(runs_root) / str(results.study)
+    if not len(results.runs):
+        return (f"**No runs of study `{results.study}` yet** (nothing in `{folder}`): the tables "
+                f"and figures below are empty. Make the runs with `maxq batch {results.study}`.")
+    done = int(results.runs["finished"].sum())
+    return f"{len(results.runs)} runs in `{folder}`, {done} finished."

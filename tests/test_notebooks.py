@@ -151,7 +151,7 @@ def test_masks_notebook_headless_renders_a_static_figure(smoke, tmp_path):
                                        log_path=tmp_path / "masks.log")
     assert ok, error
     assert has_image(out)
-    assert "layers:" in outputs_text(out)
+    assert "4 runs with mask snapshots" in outputs_text(out)
 
 
 def test_report_command_alone(smoke, tmp_path):
