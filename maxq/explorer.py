@@ -382,7 +382,8 @@ class Explorer:
                 self.epoch_w.options = list(new.epochs)
                 self.epoch_w.value = epoch
                 self.col_w.step = new.M
-                if self.other is None or self.other.label == new.label:
+                if self.other is None or self.other.label == new.label or \
+                        self.other.arch != new.arch:          # compare within an architecture
                     self.other = partner(self.found, new)
                     self.other_w.value = self.other.label if self.other else None
             finally:
