@@ -313,8 +313,10 @@ def mask_snapshot_epochs(run_dir: str | os.PathLike) -> list[int]:
     return sorted(int(p.stem.split("_")[1]) for p in folder.glob("epoch_*.npz"))
 
 
-def load_mask_snapshot(run_dir: str | os.PathLike, epoch: int) -> dict[str, dict[str, np.ndarray]]:
-    """Return ``{layer: {"hard": bool array, "soft": float32 array}}`` for one snapshot epoch."""
+def load_mask_snapshot(run_dir: str | os.PathLike, epoch: int,
+                       layers: Iterable[str] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """Return ``{layer: {"hard": bool array, "soft": float32 array}}`` for one snapshot epoch
+    (only ``layers`` when given: the others are not decompressed)."""
     path = Path(run_dir) / MASKS / f"epoch_{epoch:03d}.npz"
     if not path.exists():
         raise RunRecordError(f"no mask snapshot for epoch {epoch} in {run_dir} "
@@ -322,6 +324,9 @@ def load_mask_snapshot(run_dir: str | os.PathLike, epoch: int) -> dict[str, dict
     out: dict[str, dict[str, np.ndarray]] = {}
     with np.load(path) as data:
         names = sorted({key.rsplit("/", 1)[0] for key in data.files})
+        if layers is not None:
+            wanted = set(layers)
+            names = [name for name in names if name in wanted]
         for name in names:
             shape = tuple(int(v) for v in data[f"{name}/shape"])
             size = int(np.prod(shape))

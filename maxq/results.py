@@ -610,3 +610,16 @@ def proxy_gflops(runs: pd.DataFrame) -> pd.DataFrame:
             str(first["arch"]), int(first["N"]), int(first["M"]), dense, width, small, channels,
             size)})
     return pd.DataFrame(out, columns=["row", "method", "gflops"])
+
+
+def runs_note(results: Results, runs_root: str | os.PathLike | None = None) -> str:
+    """One Markdown line for the report: how many runs were found where, or, plainly, that the
+    study has none yet and the command that makes them."""
+    from maxq import batch
+
+    folder = batch.runs_root(runs_root) / str(results.study)
+    if not len(results.runs):
+        return (f"**No runs of study `{results.study}` yet** (nothing in `{folder}`): the tables "
+                f"and figures below are empty. Make the runs with `maxq batch {results.study}`.")
+    done = int(results.runs["finished"].sum())
+    return f"{len(results.runs)} runs in `{folder}`, {done} finished."

@@ -152,7 +152,38 @@ def test_masks_notebook_headless_renders_a_static_figure(smoke, tmp_path):
                                        log_path=tmp_path / "masks.log")
     assert ok, error
     assert has_image(out)
-    assert "layers:" in outputs_text(out)
+    assert "4 runs with mask snapshots" in outputs_text(out)
+
+
+def test_notebooks_from_their_folder_with_no_runs_say_so(tmp_path, monkeypatch):
+    """As opened in JupyterLab (kernel in notebooks/, default parameters): paths come from
+    MAXQ_RUNS_ROOT / MAXQ_REPORTS_ROOT, the report goes there (no stray notebooks/reports/) and
+    both notebooks say plainly that there are no runs."""
+    monkeypatch.setenv("MAXQ_RUNS_ROOT", str(tmp_path / "runs"))
+    monkeypatch.setenv("MAXQ_REPORTS_ROOT", str(tmp_path / "reports"))
+    for name in ("masks", "report"):
+        out = tmp_path / f"{name}.ipynb"
+        ok, error = batch.execute_notebook(ROOT / "notebooks" / f"{name}.ipynb", out, {},
+                                           log_path=tmp_path / f"{name}.log",
+                                           cwd=ROOT / "notebooks")
+        assert ok, error
+        text = outputs_text(out)
+        if name == "masks":
+            assert "No run with mask snapshots found" in text and "maxq batch smoke" in text
+            assert str(tmp_path / "runs") in text
+        else:
+            assert "No runs of study `smoke` yet" in text
+    assert (tmp_path / "reports" / "smoke" / "results.csv").exists()
+    assert not (ROOT / "notebooks" / "reports").exists()
+
+
+def test_notebooks_are_stored_clean():
+    for path in (ROOT / "notebooks").glob("*.ipynb"):
+        nb = nbformat.read(str(path), as_version=4)
+        nbformat.validate(nb)
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert cell.outputs == [] and cell.execution_count is None, path
 
 
 def test_report_command_alone(smoke, tmp_path):

@@ -60,3 +60,12 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make study" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_the_readme_opens_the_explorer_with_make_lab():
+    project = _pyproject()["project"]
+    assert "jupyterlab>=4.0" in project["optional-dependencies"]["notebooks"]
+    assert "make lab" in (ROOT / "README.md").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert "\nlab: setup\n" in makefile
+    assert "--ServerApp.ip=127.0.0.1" in makefile and "notebooks/masks.ipynb" in makefile
