@@ -427,15 +427,18 @@ class Explorer:
 
     def draw(self) -> None:
         import matplotlib.pyplot as plt
-        from IPython.display import display
 
         fig = self.figure()
         self.title = title(self.view, self.info, self.layer, self.epoch, self.other)
         self.title_w.value = f"<b>{_escape(self.title)}</b>"
         self.note_w.value = "<br>".join(f"⚠ {_escape(n)}" for n in self.notes)
-        self.out.clear_output(wait=True)
-        with self.out:
-            display(fig)
+        # replace the Output widget's outputs in one state update instead of capturing with
+        # ``with self.out`` (that capture, with clear_output(wait=True), hangs papermill's notebook
+        # client headless) or clear_output() + append (the browser may apply the clear last)
+        from IPython.core.formatters import format_display_data
+
+        data, metadata = format_display_data(fig)
+        self.out.outputs = ({"output_type": "display_data", "data": data, "metadata": metadata},)
         plt.close(fig)
 
     def _guard(self, action) -> None:
@@ -445,8 +448,8 @@ class Explorer:
         except Exception as exc:          # shown to the user, kept for tests
             text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
             self.errors.append(text)
-            self.out.clear_output()
-            self.out.append_stderr(f"mask explorer: {text}\n")
+            self.out.outputs = ({"output_type": "stream", "name": "stderr",
+                                 "text": f"mask explorer: {text}\n"},)
             if "ipykernel" not in sys.modules:
                 print(f"mask explorer: {text}", file=sys.stderr)
 

@@ -74,8 +74,9 @@ def test_paper_and_cpu_studies_cover_the_papers_twelve_rows(name):
     else:
         runs = batch.resolve("cpu")
         assert {r.params["set"] for r in runs} == {"FashionMNIST"}
-        assert {r.method for r in runs} == {"SoftMaxQConv2DBN", "SoftSRSTEConv2dBN"}
-        assert len(runs) == 24
+        assert {r.method for r in runs} == {"DenseConv2dBN", "SoftMaxQConv2DBN",
+                                            "SoftSRSTEConv2dBN"}
+        assert len(runs) == 36
         for r in runs:   # the incremental window lies inside the epochs
             assert r.params["increase_end"] <= r.params["epochs"]
 
@@ -166,12 +167,13 @@ def test_unknown_study_names_the_known_ones():
 # ----------------------------------------------------------------------------- filters, shards
 def test_row_filters():
     ids = lambda f: [r.id for r in batch.resolve("cpu", rows=f)]  # noqa: E731
-    assert ids("resnet50-2of4") == ["resnet50-2of4-SoftMaxQConv2DBN-s0",
-                                    "resnet50-2of4-SoftSRSTEConv2dBN-s0"]
-    assert len(ids("resnet50*")) == 8
+    assert ids("resnet50-2of4") == ["resnet50-2of4-DenseConv2dBN-s0",
+                                    "resnet50-2of4-SoftSRSTEConv2dBN-s0",
+                                    "resnet50-2of4-SoftMaxQConv2DBN-s0"]
+    assert len(ids("resnet50*")) == 12
     assert all("SRSTE" in i for i in ids("*SRSTE*")) and len(ids("*SRSTE*")) == 12
     assert ids("resnet34-1of4-SoftMaxQConv2DBN-s0") == ["resnet34-1of4-SoftMaxQConv2DBN-s0"]
-    assert len(ids("resnet34-1of4, mobilenet_v1*")) == 6
+    assert len(ids("resnet34-1of4, mobilenet_v1*")) == 9
 
 
 def test_unknown_filter_is_an_error():
@@ -324,7 +326,7 @@ def test_dry_run_prints_the_resolved_rows(tmp_path):
     assert "12 run(s) of study 'paper'" in done.stdout
     assert not (tmp_path / "paper").exists()      # nothing written
     done = run_cli("cpu", "--dry-run", "--rows", "mobilenet_v2*", "--shard", "2/2")
-    assert done.returncode == 0 and "2 run(s)" in done.stdout
+    assert done.returncode == 0 and "3 run(s)" in done.stdout
 
 
 @pytest.mark.parametrize("args, message", [
