@@ -67,6 +67,12 @@ def verdict(low: float, high: float, n: int, margin: float | None = None) -> str
     return "undecided"
 
 
+def paired_differences(a: pd.DataFrame, b: pd.DataFrame, metric: str = METRIC) -> pd.Series:
+    """``A_s − B_s`` of ``metric`` for every seed s that both run tables hold."""
+    paired = a[["seed", metric]].merge(b[["seed", metric]], on="seed", suffixes=("_a", "_b"))
+    return paired[f"{metric}_a"] - paired[f"{metric}_b"]
+
+
 def _finished(runs: pd.DataFrame) -> pd.DataFrame:
     if not len(runs):
         return runs
@@ -106,8 +112,8 @@ def summary(runs: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
         dense = dense_reference(runs, row)
         delta = math.nan
         if method != DENSE and len(dense):
-            paired = sub.merge(dense[["seed", metric]], on="seed", suffixes=("", "_dense"))
-            delta = (float((paired[metric] - paired[f"{metric}_dense"]).mean()) if len(paired)
+            diffs = paired_differences(sub, dense, metric)
+            delta = (float(diffs.mean()) if len(diffs)
                      else mean - float(dense[metric].mean()))
         share = pd.to_numeric(sub["dead_weight_share"], errors="coerce")
         if share.isna().all():               # dense runs: the share of the row's sparse layers
@@ -137,12 +143,8 @@ def claim_table(runs: pd.DataFrame, claims: Sequence[dict[str, Any]],
             if len(done) else done
         b = done[(done["row"] == claim["row_b"]) & (done["method"] == claim["method_b"])] \
             if len(done) else done
-        if len(a) and len(b):
-            paired = a[["seed", metric]].merge(b[["seed", metric]], on="seed",
-                                               suffixes=("_a", "_b"))
-            diffs = paired[f"{metric}_a"] - paired[f"{metric}_b"]
-        else:
-            diffs = pd.Series([], dtype="float64")
+        diffs = (paired_differences(a, b, metric) if len(a) and len(b)
+                 else pd.Series([], dtype="float64"))
         mean, _, low, high, n = mean_interval(diffs)
         margin = claim.get("margin")
         out.append({
@@ -169,8 +171,7 @@ def pairwise(runs: pd.DataFrame, method_a: str, method_b: str,
         a, b = sub[sub["method"] == method_a], sub[sub["method"] == method_b]
         if not (len(a) and len(b)):
             continue
-        paired = a[["seed", metric]].merge(b[["seed", metric]], on="seed", suffixes=("_a", "_b"))
-        mean, _, low, high, n = mean_interval(paired[f"{metric}_a"] - paired[f"{metric}_b"])
+        mean, _, low, high, n = mean_interval(paired_differences(a, b, metric))
         out.append({"row": row, "n_pairs": n, "delta_mean": mean, "delta_ci95_low": low,
                     "delta_ci95_high": high, "verdict": verdict(low, high, n)})
     return pd.DataFrame(out, columns=["row", "n_pairs", "delta_mean", "delta_ci95_low",
