@@ -957,9 +957,12 @@ def report_dir(study: str, root: str | os.PathLike | None = None) -> Path:
 
 def render_report(study: "str | os.PathLike | Study", *, runs: str | os.PathLike | None = None,
                   reports: str | os.PathLike | None = None, notebook: str | os.PathLike | None = None,
-                  html: bool = True, timeout: float | None = None) -> tuple[bool, str, Path]:
+                  html: bool = True, timeout: float | None = None,
+                  rerun: str | os.PathLike | None = None) -> tuple[bool, str, Path]:
     """Execute ``report.ipynb`` for a study into ``<reports_root>/<study>/report.ipynb`` and
-    convert it to ``report.html``. Returns ``(ok, error, html_path)``."""
+    convert it to ``report.html``. ``rerun``: a runs root holding a re-run of some of the study's
+    runs (same seeds, e.g. another thread count or machine) for the robustness section.
+    Returns ``(ok, error, html_path)``."""
     spec = load_study(study)
     out = report_dir(spec.name, reports)
     out.mkdir(parents=True, exist_ok=True)
@@ -971,6 +974,12 @@ def render_report(study: "str | os.PathLike | Study", *, runs: str | os.PathLike
         return False, str(exc), html_path
     parameters = {"study": str(spec.path.resolve()), "runs_root": str(runs_root(runs).resolve()),
                   "reports_root": str(reports_root(reports).resolve())}
+    if rerun is not None:
+        rerun_dir = runs_root(rerun).resolve()
+        if not (rerun_dir / spec.name).is_dir():
+            raise StudyError(f"--rerun-root {rerun}: no run directories of study "
+                             f"'{spec.name}' in {rerun_dir / spec.name}")
+        parameters["rerun_root"] = str(rerun_dir)
     ok, error = execute_notebook(nb, out / "report.ipynb", parameters,
                                  log_path=out / PAPERMILL_LOG,
                                  html_path=str(html_path) if html else None, timeout=timeout)
@@ -1078,13 +1087,17 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reports-root", default=None,
                         help="where reports go (default $MAXQ_REPORTS_ROOT or reports)")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML rendering")
+    parser.add_argument("--rerun-root", default=None, metavar="DIR",
+                        help="runs root with a re-run of some of the study's runs (same seeds, "
+                             "another thread count or machine): adds the robustness section")
 
 
 def run_report_command(args: argparse.Namespace) -> int:
     """``maxq report``: render ``reports/<study>/`` from the run directories."""
     try:
         ok, error, html = render_report(args.study, runs=args.runs_root,
-                                        reports=args.reports_root, html=not args.no_html)
+                                        reports=args.reports_root, html=not args.no_html,
+                                        rerun=args.rerun_root)
     except StudyError as exc:
         print(f"maxq report: error: {exc}", file=sys.stderr)
         return 2

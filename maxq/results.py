@@ -51,7 +51,7 @@ SCALE_KEYS = ("set", "epochs", "batch_size", "image_size", "train_subset", "val_
 RUN_COLUMNS = ("study", "run", "row", "arch", "N", "M", "method", "method_label", "seed",
                "finished", "best_top1", "best_top5", "best_epoch", "last_top1", "last_top5",
                "epochs_done", "wall_seconds", "paper_top1", "paper_top5", "paper_epochs",
-               *SCALE_KEYS, "in_channels", "dead_weight_share", "arms", "run_dir")
+               *SCALE_KEYS, "in_channels", "dead_weight_share", "threads", "arms", "run_dir")
 #: the paper's input (ImageNet, 224 px) for the cost columns
 PAPER_INPUT = (3, 224, 224)
 
@@ -159,6 +159,7 @@ def _collect(name: str | None, dirs: Sequence[Path], planned: dict, spec: Any) -
         for key in SCALE_KEYS:
             line[key] = cfg.get(key, np.nan)
         line["in_channels"] = (rec["config"].get("data") or {}).get("in_channels", np.nan)
+        line["threads"] = (rec["config"].get("device") or {}).get("threads", np.nan)
         share = rec["config"].get("dead_weight_share")
         line["dead_weight_share"] = np.nan if share is None else share
         line["arms"] = dict(plan.arms) if plan and plan.arms else {}

@@ -181,14 +181,91 @@ def pairwise(runs: pd.DataFrame, method_a: str, method_b: str,
 def robustness(reference: pd.DataFrame, rerun: pd.DataFrame,
                metric: str = METRIC) -> pd.DataFrame:
     """How far per-(row, method) means move between two sets of the same runs (e.g. another
-    thread count or machine), next to the width of the reference's 95 % CI."""
+    thread count or machine), next to the width of the reference's 95 % CI; also the largest
+    change of a single run (same row, method and seed in both)."""
     ref, new = summary(reference, metric), summary(rerun, metric)
     merged = ref.merge(new, on=["row", "method"], suffixes=("", "_rerun"))
     merged["mean_shift"] = merged["top1_mean_rerun"] - merged["top1_mean"]
     merged["ci95_width"] = merged["top1_ci95_high"] - merged["top1_ci95_low"]
     merged["shift_over_ci_width"] = merged["mean_shift"].abs() / merged["ci95_width"]
+    keys = ["row", "method", "seed"]
+    runs = _finished(reference)[keys + [metric]].merge(
+        _finished(rerun)[keys + [metric]], on=keys, suffixes=("", "_rerun"))
+    runs["change"] = (runs[f"{metric}_rerun"] - runs[metric]).abs()
+    largest = runs.groupby(["row", "method"], sort=False)["change"].max().rename(
+        "largest_run_change").reset_index()
+    merged = merged.merge(largest, on=["row", "method"], how="left")
     return merged[["row", "method", "n", "n_rerun", "top1_mean", "top1_mean_rerun",
-                   "mean_shift", "ci95_width", "shift_over_ci_width"]]
+                   "mean_shift", "ci95_width", "shift_over_ci_width", "largest_run_change"]]
+
+
+def claims_rerun(reference: pd.DataFrame, rerun: pd.DataFrame,
+                 claims: Sequence[dict[str, Any]], metric: str = METRIC) -> pd.DataFrame:
+    """Each claim whose runs the re-run holds: Δ (mean [95 % CI]) and verdict in the reference
+    and in the re-run, and whether the verdict is the same."""
+    done = _finished(rerun)
+    pairs = {(r, m) for r, m in zip(done["row"], done["method"])} if len(done) else set()
+    held = [c for c in claims if (c["row_a"], c["method_a"]) in pairs
+            and (c["row_b"], c["method_b"]) in pairs]
+    cols = ["claim", "delta_mean", "delta_ci95_low", "delta_ci95_high", "n_pairs", "verdict"]
+    ref, new = claim_table(reference, held, metric)[cols], claim_table(rerun, held, metric)[cols]
+    out = ref.merge(new, on="claim", suffixes=("", "_rerun"))
+    out["same_verdict"] = out["verdict"] == out["verdict_rerun"]
+    return out
+
+
+def robustness_markdown(table: pd.DataFrame, claims: pd.DataFrame,
+                        threads: tuple[Any, Any] | None = None) -> str:
+    """The robustness section: per (row, method) the mean's shift next to the CI width, each
+    claim's verdict in both sets, and one sentence computed from those numbers."""
+    if not len(table):
+        return "_no run of the re-run matches a finished run of this study_\n"
+    lines = []
+    if threads is not None:
+        lines.append(f"Reference runs: {threads[0]} thread(s) per run; re-run: {threads[1]}.\n")
+    frame = pd.DataFrame({
+        "row": table["row"], "method": table["method"],
+        "n (ref / rerun)": [f"{a} / {b}" for a, b in zip(table["n"], table["n_rerun"])],
+        "mean (ref → rerun)": [f"{a:.2f} → {b:.2f}" for a, b in
+                               zip(table["top1_mean"], table["top1_mean_rerun"])],
+        "shift": [f"{x:+.2f}" for x in table["mean_shift"]],
+        "95 % CI width": [f"{x:.2f}" for x in table["ci95_width"]],
+        "|shift| / CI width": [f"{x:.2f}" for x in table["shift_over_ci_width"]],
+        "largest single-run change": [f"{x:.2f}" for x in table["largest_run_change"]],
+    })
+    lines.append(frame.to_markdown(index=False, disable_numparse=True) + "\n")
+    if len(claims):
+        cf = pd.DataFrame({
+            "claim": claims["claim"],
+            "Δ reference": [_interval_text(m, lo, hi, signed=True) for m, lo, hi in zip(
+                claims["delta_mean"], claims["delta_ci95_low"], claims["delta_ci95_high"])],
+            "verdict": claims["verdict"],
+            "Δ re-run": [_interval_text(m, lo, hi, signed=True) for m, lo, hi in zip(
+                claims["delta_mean_rerun"], claims["delta_ci95_low_rerun"],
+                claims["delta_ci95_high_rerun"])],
+            "verdict (re-run)": claims["verdict_rerun"],
+        })
+        lines.append(cf.to_markdown(index=False, disable_numparse=True) + "\n")
+    ratio = pd.to_numeric(table["shift_over_ci_width"], errors="coerce")
+    ratio = ratio[np.isfinite(ratio)]
+    sentence = (f"The means moved by at most {table['mean_shift'].abs().max():.2f} points; "
+                f"single runs changed by up to {table['largest_run_change'].max():.2f} points. ")
+    if not len(ratio):
+        sentence += "No 95 % CI to compare with (n < 2 per row and method)"
+    elif ratio.max() < 1:
+        sentence += (f"Every mean stayed within its CI's width (largest |shift| = "
+                     f"{ratio.max():.2f} × the CI width)")
+    else:
+        sentence += (f"Some mean moved by more than its CI's width (largest |shift| = "
+                     f"{ratio.max():.2f} × the CI width)")
+    if len(claims):
+        same = bool(claims["same_verdict"].all())
+        sentence += ("; every claim kept its verdict." if same
+                     else "; some claims changed verdict (see above).")
+    else:
+        sentence += "."
+    lines.append(sentence + "\n")
+    return "\n".join(lines)
 
 
 def verdicts_markdown(claims: pd.DataFrame) -> str:

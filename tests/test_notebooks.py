@@ -190,9 +190,20 @@ def test_report_command_alone(smoke, tmp_path):
     runs, _, _, _ = smoke
     done = subprocess.run(
         [sys.executable, "-m", "maxq", "report", "smoke", "--runs-root", str(runs),
-         "--reports-root", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+         "--reports-root", str(tmp_path), "--rerun-root", str(runs)], cwd=ROOT,
+        capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "smoke" / "report.html").exists()
+    # the runs compared with themselves: the robustness section finds nothing moved
+    robust = pd.read_csv(tmp_path / "smoke" / "robustness.csv")
+    assert len(robust) == 4 and (robust["mean_shift"] == 0).all()
+    assert "moved by at most 0.00 points" in (tmp_path / "smoke" / "robustness.md").read_text()
+    missing = subprocess.run(
+        [sys.executable, "-m", "maxq", "report", "smoke", "--runs-root", str(runs),
+         "--reports-root", str(tmp_path), "--rerun-root", str(tmp_path / "nowhere")], cwd=ROOT,
+        capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "no run directories of study 'smoke'" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------- a failing row

@@ -93,6 +93,22 @@ def test_pairwise_per_row_and_robustness():
     robust = stats.robustness(runs, shifted)
     assert robust["mean_shift"].tolist() == pytest.approx([0.1, 0.1])
     assert (robust["shift_over_ci_width"] > 0).all()
+    assert robust["largest_run_change"].tolist() == pytest.approx([0.1, 0.1])
+    # a re-run that flips one seed of MQ far enough changes the claim's verdict, and says so
+    claim = [{"claim": "MQ beats SR", "row_a": "1of16", "method_a": "MQ",
+              "row_b": "1of16", "method_b": "SR"}]
+    flipped = runs.copy()
+    flipped.loc[flipped["method"] == "MQ", "best_top1"] = [85.0, 86.0, 85.5]
+    compared = stats.claims_rerun(runs, flipped, claim)
+    assert compared["verdict"].tolist() == ["within noise"]
+    assert compared["verdict_rerun"].tolist() == ["ahead"]
+    assert not compared["same_verdict"].iloc[0]
+    text = stats.robustness_markdown(stats.robustness(runs, flipped), compared, (1, 2))
+    assert "some claims changed verdict" in text and "more than its CI's width" in text
+    steady = stats.robustness_markdown(robust, stats.claims_rerun(runs, shifted, claim))
+    assert "every claim kept its verdict" in steady and "within its CI's width" in steady
+    # claims whose runs the re-run lacks are left out
+    assert not len(stats.claims_rerun(runs, runs[runs["method"] == "SR"], claim))
 
 
 def test_markdown_renders_every_claim_and_row():
