@@ -112,6 +112,39 @@ static void update_state(float *st, int warm, float vk, float vk1, float spacing
 }
 
 /* ---------------------------------------------------------------- hard N:M mask B */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+/* keep4 for one block row of P <= 16 positions: one masked 16-lane step. With c_ij = "a_i beats
+ * a_j" (a_i > a_j, or a_i == a_j and i < j), rank_j = sum_i c_ij and kept iff rank_j < n_keep. */
+static void keep4_lanes(const float *w0, const float *w1, const float *w2, const float *w3,
+                        uint8_t *b, i64 P, int n_keep)
+{
+    const __mmask16 m = (__mmask16)((1u << P) - 1u);
+    const __m512 z = _mm512_setzero_ps();
+    __m512 a0 = _mm512_abs_ps(_mm512_mask_loadu_ps(z, m, w0));
+    __m512 a1 = _mm512_abs_ps(_mm512_mask_loadu_ps(z, m, w1));
+    __m512 a2 = _mm512_abs_ps(_mm512_mask_loadu_ps(z, m, w2));
+    __m512 a3 = _mm512_abs_ps(_mm512_mask_loadu_ps(z, m, w3));
+    /* i < j: i beats j iff a_i >= a_j; i > j: iff a_i > a_j */
+    __mmask16 c01 = _mm512_cmp_ps_mask(a0, a1, _CMP_GE_OQ), c02 = _mm512_cmp_ps_mask(a0, a2, _CMP_GE_OQ);
+    __mmask16 c03 = _mm512_cmp_ps_mask(a0, a3, _CMP_GE_OQ), c12 = _mm512_cmp_ps_mask(a1, a2, _CMP_GE_OQ);
+    __mmask16 c13 = _mm512_cmp_ps_mask(a1, a3, _CMP_GE_OQ), c23 = _mm512_cmp_ps_mask(a2, a3, _CMP_GE_OQ);
+    /* the three contenders that may beat each entry */
+    __mmask16 x0 = ~c01, y0 = ~c02, z0 = ~c03;          /* 1 beats 0, 2 beats 0, 3 beats 0 */
+    __mmask16 x1 = c01, y1 = ~c12, z1 = ~c13;
+    __mmask16 x2 = c02, y2 = c12, z2 = ~c23;
+    __mmask16 x3 = c03, y3 = c13, z3 = c23;
+#define KEEP(x, y, z) (n_keep <= 1 ? (__mmask16)~((x) | (y) | (z)) \
+                     : n_keep == 2 ? (__mmask16)~(((x) & (y)) | ((x) & (z)) | ((y) & (z))) \
+                     : n_keep == 3 ? (__mmask16)~((x) & (y) & (z)) : (__mmask16)0xFFFF)
+    const __m128i one = _mm_set1_epi8(1);
+    _mm_mask_storeu_epi8(b, m, _mm_maskz_mov_epi8(KEEP(x0, y0, z0), one));
+    _mm_mask_storeu_epi8(b + P, m, _mm_maskz_mov_epi8(KEEP(x1, y1, z1), one));
+    _mm_mask_storeu_epi8(b + 2 * P, m, _mm_maskz_mov_epi8(KEEP(x2, y2, z2), one));
+    _mm_mask_storeu_epi8(b + 3 * P, m, _mm_maskz_mov_epi8(KEEP(x3, y3, z3), one));
+#undef KEEP
+}
+#endif
+
 /* 4-blocks whose entries j lie in the arrays wj (n of them each): keep the n_keep largest. */
 static void keep4(const float *restrict w0, const float *restrict w1, const float *restrict w2,
                   const float *restrict w3, uint8_t *restrict b0, uint8_t *restrict b1,
@@ -163,6 +196,11 @@ int maxq_block_keep(const float *w, i64 Co, i64 Ci, i64 P, int M, int n_keep, ui
             uint8_t *bb = B + base;
             if (M == 4) {
                 const float *w0 = wb, *w1 = wb + P, *w2 = wb + 2 * P, *w3 = wb + 3 * P;
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+                if (P <= 16) {
+                    keep4_lanes(w0, w1, w2, w3, bb, P, n_keep);
+                } else
+#endif
                 keep4(w0, w1, w2, w3, bb, bb + P, bb + 2 * P, bb + 3 * P, P, n_keep);
                 if (l1)
                     for (i64 p = 0; p < P; p++)

@@ -531,3 +531,15 @@ def test_no_compiler_falls_back_to_the_torch_path(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("shape", [(16, 32, 3, 3), (8, 16, 1, 1), (8, 16, 5, 5), (12, 16)])
+@pytest.mark.parametrize("N", [1, 2, 3])
+def test_progressive_keeps_every_block_count(shape, N):
+    """Progressive N keeps M - floor((M-N)(1-rho)) of every block: 1 .. M (all) kept, with ties."""
+    w = rand(shape, 8)
+    for rho in (0.0, 0.3, 0.6, 0.95):
+        for v in (w, (w * 3).round()):
+            S = maxq_mask(v, N, 4, dense_fraction=rho, progressive=True)
+            assert torch.equal(S, reference_maxq_mask(v, N, 4, dense_fraction=rho,
+                                                      progressive=True))
