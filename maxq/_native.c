@@ -90,10 +90,11 @@ static void exact_pair(float *v, i64 n, i64 k, float *vk, float *vk1, i64 *gt, f
     }
 }
 
-/* Warm window of a row from its state: [max(vk - m, 0), vk1 + m], m = 8 spacings + 2 shifts. */
-static void window(const float *st, float *lo, float *hi)
+/* Warm window of a row from its state: [max(vk - m, 0), vk1 + m], m = `spacings` spacings +
+ * `shifts` recent shifts of thr. */
+static void window(const float *st, float spacings, float shifts, float *lo, float *hi)
 {
-    float m = 8.0f * st[2] + 2.0f * st[3] + 1e-30f;
+    float m = spacings * st[2] + shifts * st[3] + 1e-30f;
     *lo = st[0] - m;
     if (*lo < 0.0f) *lo = 0.0f;
     *hi = st[1] + m;
@@ -310,7 +311,7 @@ i64 maxq_select_rows(const float *w, i64 R, i64 L, i64 k, int warm, float *state
         int ok = 0;
         if (warm) {
             float lo, hi;
-            window(st, &lo, &hi);
+            window(st, 8.0f, 2.0f, &lo, &hi);
             for (int attempt = 0; attempt < 2 && !ok; attempt++) {
                 i64 c_lo, c_hi;
                 i64 n = scan_row(x, L, lo, hi, buf, &c_lo, &c_hi);
@@ -398,7 +399,7 @@ i64 maxq_select_cols(const float *w, i64 E, i64 P, i64 k, int warm, float *state
     for (i64 p = 0; p < P; p++) {
         ok[p] = 0;
         active[p] = warm;
-        if (warm) window(state + 4 * p, &lo[p], &hi[p]);
+        if (warm) window(state + 4 * p, 8.0f, 2.0f, &lo[p], &hi[p]);
     }
     for (int attempt = 0; attempt < 2 && warm; attempt++) {
         int any = 0;
