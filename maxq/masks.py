@@ -27,6 +27,14 @@ keeps every entry and uses ``thr = x(1)`` (as if ``x(0) := x(1)``).
 
 Counts derived from fractions use ``floor(x + 1e-9)`` (so ``0.29 · 100`` gives 29, not 28).
 
+**Two paths, one result.** On the CPU, :func:`maxq_mask` and :func:`nm_mask` use fused passes in
+C (``maxq/_native.c`` through :mod:`maxq.native`; :func:`_native_maxq_mask`): B (and block L1)
+in one pass over W, each axis's warm window verified and its statistics picked in one pass (an
+exact quickselect where a window misses twice, and cold), the terms ``(x - thr) / tau`` (B and H
+applied, else -inf) in one pass, torch's ``sigmoid_`` on each whole tensor, ``S = (Q_f + B) + Q_k``
+in one pass. Elsewhere (CUDA, no C compiler, ``MAXQ_NATIVE=0``, a NaN weight) the torch path
+below runs. Both are ``torch.equal`` to the reference; the tests run on both.
+
 How it is fast (the mask is recomputed at every training step) while staying bit-identical to
 the sort-based reference (``tests/mask_reference.py``):
 
