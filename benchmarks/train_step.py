@@ -11,7 +11,10 @@ the full N:M + axis-query mask), all up front, layers side by side on the CPU th
 the layers' masks computed one after another (``set_mask_workers(model, 1)``), to show what the
 side-by-side refresh gains. ``--decay`` adds the SR-STE decay step of the recipe to the MaxQ rows.
 SR-STE = ``sparsify(model, "SoftSRSTEConv2dBN", 2, 4)``: its hard N:M mask (``nm_mask``) every
-step and its decay (``--decay``, else the recipe's 2e-4) after backward.
+step and its decay (``--decay``, else the recipe's 2e-4) after backward. Where the fused native
+mask passes are built (``maxq/native.py``), a row with the same MaxQ model on the pure-torch mask
+path (``MAXQ_NATIVE=0`` around its steps; same masks) shows what they gain (``--no-torch-path``
+drops it).
 
 The per-stage profile: after the timed rounds, the MaxQ model takes ``--profile-rounds`` more
 steps, after each of which its masks are refreshed once more, one layer after another, under
@@ -44,7 +47,15 @@ sys.path.insert(0, os.path.join(_HERE, "..", "tests"))
 sys.path.insert(0, os.path.join(_HERE, ".."))
 from mask_reference import reference_maxq_mask  # noqa: E402
 
-from maxq import masks, sparse  # noqa: E402
+from maxq import masks, native, sparse  # noqa: E402
+
+
+def mask_path() -> str:
+    """Which maxq_mask path the MaxQ rows use: the fused native passes or the torch path."""
+    if native.lib() is not None:
+        return "fused native passes (maxq/_native.c)"
+    why = native.error() or "MAXQ_NATIVE=0"
+    return f"pure torch ({why})"
 
 
 def use_reference_masks(model) -> None:
@@ -80,6 +91,24 @@ def stage_profile(model, step, data, rounds: int, clock) -> tuple[dict, list]:
     return stages, totals
 
 
+TORCH_PATH = "MaxQ 2:4, torch-path masks (MAXQ_NATIVE=0)"
+
+
+def torch_path(step):
+    """The step with maxq_mask on its pure-torch path (the fused native passes switched off)."""
+    def run(x, y):
+        old = os.environ.get("MAXQ_NATIVE")
+        os.environ["MAXQ_NATIVE"] = "0"
+        try:
+            return step(x, y)
+        finally:
+            if old is None:
+                del os.environ["MAXQ_NATIVE"]
+            else:
+                os.environ["MAXQ_NATIVE"] = old
+    return run
+
+
 def make_step(model, decay: float):
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     is_sparse = bool(sparse.sparse_layers(model))
@@ -104,6 +133,8 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--decay", type=float, default=0.0, help="SR-STE decay (recipe: 2e-4)")
     p.add_argument("--no-reference", action="store_true", help="skip the sort-based variant")
+    p.add_argument("--no-torch-path", action="store_true",
+                   help="skip the MaxQ row with the pure-torch mask path (MAXQ_NATIVE=0)")
     p.add_argument("--profile-rounds", type=int, default=3,
                    help="refreshes timed per stage after the rounds (0: no profile)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
@@ -123,17 +154,22 @@ def main(argv=None):
         models["  same, layers one after another"] = one_by_one
     models["SR-STE 2:4, nm_mask every step"] = sparse.sparsify(copy.deepcopy(dense),
                                                                "SoftSRSTEConv2dBN", 2, 4)
+    if native.lib() is not None and not args.no_torch_path:
+        models[TORCH_PATH] = sparse.sparsify(copy.deepcopy(dense), "SoftMaxQConv2DBN", 2, 4)
     if not args.no_reference:
         ref_model = sparse.sparsify(copy.deepcopy(dense), "SoftMaxQConv2DBN", 2, 4)
         use_reference_masks(ref_model)
         models["MaxQ 2:4, sort-based mask every step"] = ref_model
     steps = {name: make_step(m.train(), (args.decay or 2e-4) if name.startswith("SR-STE")
                              else args.decay) for name, m in models.items()}
+    if TORCH_PATH in steps:
+        steps[TORCH_PATH] = torch_path(steps[TORCH_PATH])
 
     g = torch.Generator().manual_seed(0)
     data = [(torch.randn(args.batch, 3, args.size, args.size, generator=g),
              torch.randint(0, 1000, (args.batch,), generator=g)) for _ in range(4)]
     clock = time.perf_counter if args.clock == "wall" else time.process_time
+    load = " ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     times = {name: [] for name in models}
     for i in range(args.warmup + args.rounds):
         x, y = data[i % len(data)]
@@ -149,6 +185,7 @@ def main(argv=None):
           f"{args.size}x{args.size}, batch {args.batch}, rounds {args.rounds} "
           f"(after {args.warmup} warm-up), decay: MaxQ {args.decay:g}, SR-STE "
           f"{args.decay or 2e-4:g}, {args.clock} clock")
+    print(f"mask path: {mask_path()}; load average before the rounds: {load}")
     print(f"{'variant':<40} {'min s':>8} {'median s':>9} {'ratio':>7}")
     for name, ts in times.items():
         print(f"{name:<40} {min(ts):8.3f} {statistics.median(ts):9.3f} {min(ts) / base:7.3f}")

@@ -27,6 +27,14 @@ keeps every entry and uses ``thr = x(1)`` (as if ``x(0) := x(1)``).
 
 Counts derived from fractions use ``floor(x + 1e-9)`` (so ``0.29 · 100`` gives 29, not 28).
 
+**Two paths, one result.** On the CPU, :func:`maxq_mask` and :func:`nm_mask` use fused passes in
+C (``maxq/_native.c`` through :mod:`maxq.native`; :func:`_native_maxq_mask`): B (and block L1)
+in one pass over W, each axis's warm window verified and its statistics picked in one pass (an
+exact quickselect where a window misses twice, and cold), the terms ``(x - thr) / tau`` (B and H
+applied, else -inf) in one pass, torch's ``sigmoid_`` on each whole tensor, ``S = (Q_f + B) + Q_k``
+in one pass. Elsewhere (CUDA, no C compiler, ``MAXQ_NATIVE=0``, a NaN weight) the torch path
+below runs. Both are ``torch.equal`` to the reference; the tests run on both.
+
 How it is fast (the mask is recomputed at every training step) while staying bit-identical to
 the sort-based reference (``tests/mask_reference.py``):
 
@@ -58,6 +66,8 @@ import time
 
 import torch
 import torch.nn.functional as F
+
+from maxq import native
 
 AXES = ("soft", "hard", "none")
 SELECTIONS = ("smallest", "largest", "random")
@@ -309,6 +319,10 @@ def nm_mask(weight: torch.Tensor, N: int, M: int) -> torch.Tensor:
     its N largest |w|; among equal |w| the lower index is kept. ``N == M`` gives ones.
     """
     _check(weight, N, M)
+    if N < M:
+        B = _native_block_keep(weight, N, M)
+        if B is not None:
+            return B.to(weight.dtype)
     A = _magnitudes(weight)
     return _block_keep(A, N, M).view(weight.shape).to(weight.dtype)
 
@@ -702,6 +716,10 @@ def maxq_mask(weight: torch.Tensor, N: int, M: int, *, dense_fraction: float = 0
         if cache.get("signature") != signature:
             cache.clear()
             cache["signature"] = signature
+    S = _native_maxq_mask(weight, N, M, rho, tau, axis, selection, progressive, generator,
+                          cache, lap)
+    if S is not None:
+        return S
     shape = weight.shape
     A = _magnitudes(weight, _buffer(cache, "A", shape, weight))
     scratch = _buffer(cache, "scratch", shape, weight)
@@ -775,6 +793,122 @@ def _axis_term(rows, A, Bf, k, vk, vk1, tau, hard, Y) -> None:
         rows.set_rows(Y, special, vals)
     if not hard:
         Y.sigmoid_()
+
+
+# ----------------------------------------------------------------------------------------------
+# fused CPU passes (maxq/_native.c through maxq/native.py)
+# ----------------------------------------------------------------------------------------------
+def _ptr(t: torch.Tensor | None):
+    return None if t is None else t.data_ptr()
+
+
+def _native_input(weight: torch.Tensor, M: int):
+    """(library, contiguous float32 weight, Co, Ci, P) when the native path applies, else None:
+    a CPU weight, M <= 64, at most 64 kernel positions, the library built and enabled."""
+    if weight.device.type != "cpu" or M > 64:
+        return None
+    P = weight.shape[2] * weight.shape[3] if weight.dim() == 4 else 1
+    if P > 64:
+        return None
+    lib = native.lib()
+    if lib is None:
+        return None
+    w = weight.detach()
+    if w.dtype != torch.float32:
+        w = w.float()
+    return lib, w.contiguous(), weight.shape[0], weight.shape[1], P
+
+
+def _native_block_keep(weight, n_keep, M, cache=None, l1=None):
+    """B (uint8 0/1, weight's shape) by the native pass, or None when it does not apply."""
+    got = _native_input(weight, M)
+    if got is None:
+        return None
+    lib, w, Co, Ci, P = got
+    B = _buffer(cache, "native B", weight.shape, w, torch.uint8)
+    lib.maxq_block_keep(w.data_ptr(), Co, Ci, P, M, n_keep, B.data_ptr(), _ptr(l1))
+    return B
+
+
+def _native_maxq_mask(weight, N, M, rho, tau, axis, selection, progressive, generator, cache,
+                      lap):
+    """maxq_mask by the fused native passes (same result), or None when they do not apply.
+
+    One pass gives B (and the block L1 norms when dense blocks are picked by L1), one pass per
+    axis verifies the warm window of every row and extracts x(k), x(k+1) from the entries inside
+    (an exact quickselect where a window misses, and cold), one pass writes both axes' terms
+    before the sigmoid ((x - thr) / tau where B and H, else -inf), torch applies the sigmoid to
+    each whole tensor (as the reference: same values, same vectorised code path), and one pass
+    writes S = (Q_f + B) + Q_k. State per layer in ``cache["native"]``: each row's statistics,
+    spacing and recent shift of thr (the warm window), as in the torch path."""
+    got = _native_input(weight, M)
+    if got is None:
+        return None
+    lib, w, Co, Ci, P = got
+    shape, n = weight.shape, w.numel()
+    st = {} if cache is None else cache.setdefault("native", {})
+    G = n // M
+    n_keep = M - _floor((M - N) * (1.0 - rho)) if progressive else N
+    n_dense = 0 if progressive else min(G, _floor(rho * G))
+    l1 = _buffer(cache, "native l1", (G,), w) if n_dense and selection != "random" else None
+    B = _native_block_keep(w.view(shape), n_keep, M, cache, l1)
+    lap("block ranks (B), |W| fused")
+    if n_dense:
+        state = None if cache is None else cache.setdefault("dense", {})
+        dense = dense_blocks(l1 if l1 is not None else w.view(-1)[:G], n_dense, selection,
+                             generator, state, _buffer(cache, "scratch", (G,), w))
+        _apply_dense(_block_view(B, M), dense)
+    lap("dense-block selection")
+    if axis == "none":
+        return B.to(weight.dtype)
+
+    S = torch.empty(shape, dtype=torch.float32)
+    kernel = w.dim() == 4 and P > 1
+    Yk = _buffer(cache, "native Yk", shape, w) if kernel else None
+    fstate = st.get("filter")
+    warm = fstate is not None
+    if not warm:
+        fstate = st["filter"] = torch.zeros(Co, 4)
+    fneed = _buffer(cache, "native fneed", (Co,), w, torch.int32)
+    L = Ci * P
+    scratch = _buffer(cache, "native row", (L + 16,), w)
+    missed = lib.maxq_select_rows(w.data_ptr(), Co, L, query_k(L, N, M), int(warm),
+                                  fstate.data_ptr(), fneed.data_ptr(), scratch.data_ptr())
+    if missed < 0:                                    # NaN: the torch path decides
+        st.clear()
+        return None
+    st["filter missed"] = missed
+    lap("filter-axis order statistics")
+    kstate = kneed = kcount = None
+    if kernel:
+        kstate = st.get("kernel")
+        warm = kstate is not None
+        if not warm:
+            kstate = st["kernel"] = torch.zeros(P, 4)
+        kneed = _buffer(cache, "native kneed", (P,), w, torch.int32)
+        kcount = _buffer(cache, "native kcount", (2 * P,), w, torch.int64)
+        missed = lib.maxq_select_cols(w.data_ptr(), Co * Ci, P, query_k(Co * Ci, N, M),
+                                      int(warm), kstate.data_ptr(), kneed.data_ptr(),
+                                      Yk.data_ptr(), kcount.data_ptr())
+        if missed < 0:
+            st.clear()
+            return None
+        st["kernel missed"] = missed
+        lap("kernel-axis order statistics")
+    hard = axis == "hard"
+    lib.maxq_compose(w.data_ptr(), Co, Ci, P, B.data_ptr(), fstate.data_ptr(), fneed.data_ptr(),
+                     _ptr(kstate), _ptr(kneed), float(tau), int(hard), S.data_ptr(), _ptr(Yk),
+                     _ptr(kcount))
+    lap("axis terms (x - thr) / tau, both axes")
+    if not hard:
+        S.sigmoid_()
+        lap("filter-axis sigmoid")
+        if kernel:
+            Yk.sigmoid_()
+            lap("kernel-axis sigmoid")
+    lib.maxq_finish(S.data_ptr(), B.data_ptr(), _ptr(Yk), S.data_ptr(), n)
+    lap("final write S = (Q_f + B) + Q_k")
+    return S.to(weight.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

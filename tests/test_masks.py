@@ -13,6 +13,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 from mask_reference import blocks_of, reference_maxq_mask, reference_nm_mask  # noqa: E402
 
+from maxq import native  # noqa: E402
 from maxq.masks import maxq_mask, nm_mask  # noqa: E402
 
 try:
@@ -23,6 +24,21 @@ except ImportError:  # pragma: no cover
     HAVE_HYPOTHESIS = False
 
 PATTERNS = [(2, 4), (1, 4), (2, 8), (1, 16)]
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def backend(request, monkeypatch):
+    """Every test runs on both paths of maxq_mask/nm_mask: the fused native passes
+    (maxq/_native.c) and the pure-torch path (``MAXQ_NATIVE=0``, also what CUDA and machines
+    without a C compiler use). Tests of the torch path's internals are marked ``torch_path``."""
+    if request.param == "native":
+        if request.node.get_closest_marker("torch_path"):
+            pytest.skip("tests the torch path's internals")
+        if native.lib() is None:
+            pytest.skip(f"native mask kernels unavailable: {native.error()}")
+    else:
+        monkeypatch.setenv("MAXQ_NATIVE", "0")
+    return request.param
 
 
 @pytest.fixture(autouse=True)
@@ -319,6 +335,7 @@ def _sorted_stats(X, k):
     return v[:, k - 1], v[:, k]
 
 
+@pytest.mark.torch_path
 @pytest.mark.parametrize("kind", ["filter", "kernel"])
 @pytest.mark.parametrize("data", ["normal", "ties", "zeros"])
 def test_order_stats_exact(kind, data):
@@ -343,6 +360,7 @@ def test_order_stats_exact(kind, data):
         A = (A + 1e-3 * torch.randn(shape, generator=g)).abs()
 
 
+@pytest.mark.torch_path
 def test_warm_path_is_used():
     """After a small weight change the cached windows verify (no cold redo of any row)."""
     import maxq.masks as mm
@@ -361,6 +379,7 @@ def test_warm_path_is_used():
     assert not calls
 
 
+@pytest.mark.torch_path
 @pytest.mark.parametrize("scale", [0.6, 1.7])
 def test_rows_whose_warm_window_misses_are_refined_exactly(scale):
     """Rows whose threshold jumps (here: a few filters rescaled) miss their warm window and are
@@ -383,7 +402,7 @@ def test_rows_whose_warm_window_misses_are_refined_exactly(scale):
     assert missed and set(range(0, 48, 5)) <= set(missed[0].tolist())
 
 
-def test_profile_stages_names_the_stages_and_leaves_the_mask_unchanged():
+def test_profile_stages_names_the_stages_and_leaves_the_mask_unchanged(backend):
     """The benchmark's per-stage profile only observes: same mask, stages named, off afterwards."""
     from maxq import masks
 
@@ -393,8 +412,134 @@ def test_profile_stages_names_the_stages_and_leaves_the_mask_unchanged():
         profiled = maxq_mask(w, 2, 4, dense_fraction=0.3)
     assert torch.equal(plain, profiled)
     assert torch.equal(profiled, reference_maxq_mask(w, 2, 4, dense_fraction=0.3))
-    assert {"A = |W|", "block ranks (B)", "dense-block selection", "filter-axis order statistics",
-            "kernel-axis order statistics", "filter-axis sigmoid term", "kernel-axis sigmoid term",
-            "final write S = (Q_f + B) + Q_k"} == set(prof)
+    if backend == "torch":
+        assert {"A = |W|", "block ranks (B)", "dense-block selection",
+                "filter-axis order statistics", "kernel-axis order statistics",
+                "filter-axis sigmoid term", "kernel-axis sigmoid term",
+                "final write S = (Q_f + B) + Q_k"} == set(prof)
+    else:
+        assert {"block ranks (B), |W| fused", "dense-block selection",
+                "filter-axis order statistics", "kernel-axis order statistics",
+                "axis terms (x - thr) / tau, both axes", "filter-axis sigmoid",
+                "kernel-axis sigmoid", "final write S = (Q_f + B) + Q_k"} == set(prof)
     assert all(t >= 0 for t in prof.values())
     assert masks._PROFILE is None
+
+
+# ------------------------------------------------------------------------- native fused passes
+def _steps(shape, n, seed):
+    """Weights over n training-like steps whose size varies (tiny, typical, large, a jump), with
+    ties, a rescaled filter, a zero filter and an all-zero weight on the way."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(shape, generator=g) * 0.05
+    for t in range(n):
+        yield w
+        scale = (1e-7, 1e-4, 1e-3, 1e-2)[t % 4]
+        w = w + scale * torch.randn(shape, generator=g)
+        if t == 9:
+            w = (w * 40).round() / 40                     # ties at every threshold
+        elif t == 13:
+            w[0] *= 3.0                                   # one filter jumps
+        elif t == 17:
+            w[1] = 0.0                                    # a dead filter
+        elif t == 21:
+            w = torch.randn(shape, generator=g)           # a new draw (cold-like)
+        elif t == 25:
+            w = torch.zeros(shape)                        # all equal
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3, 3), (48, 64, 1, 1), (16, 24, 5, 5), (20, 32),
+                                   (8, 16, 1, 3)])
+@pytest.mark.parametrize("N,M,axis", [(2, 4, "soft"), (1, 4, "hard"), (2, 8, "soft"),
+                                      (3, 4, "soft")])
+def test_cache_identical_over_many_changing_steps(shape, N, M, axis):
+    """30 steps of changing weights on one cache: every mask equals the reference (the warm
+    windows, their widening after a miss and the exact fallback never change a mask)."""
+    cache: dict = {}
+    for w in _steps(shape, 30, seed=sum(shape) + N + M):
+        S = maxq_mask(w, N, M, axis=axis, cache=cache)
+        assert torch.equal(S, reference_maxq_mask(w, N, M, axis=axis))
+
+
+def test_native_warm_windows_verify_after_a_small_step(backend):
+    """After a small weight change every row's warm window verifies (no exact quickselect)."""
+    if backend != "native":
+        pytest.skip("native path")
+    w = rand((64, 64, 3, 3), 9) * 0.05
+    cache: dict = {}
+    maxq_mask(w, 2, 4, cache=cache)
+    assert cache["native"]["filter missed"] == 64 and cache["native"]["kernel missed"] == 9
+    for _ in range(3):
+        w = w + 1e-5 * torch.randn_like(w)
+        S = maxq_mask(w, 2, 4, cache=cache)
+        assert torch.equal(S, reference_maxq_mask(w, 2, 4))
+        assert cache["native"]["filter missed"] == 0 and cache["native"]["kernel missed"] == 0
+
+
+@pytest.mark.parametrize("scale", [0.6, 1.7, 50.0])
+def test_rows_whose_window_misses_stay_exact(scale):
+    """Filters rescaled between two calls miss their windows (widened once, then an exact
+    quickselect); the mask is still exactly the reference's."""
+    w = rand((48, 64, 3, 3), 21)
+    cache: dict = {}
+    maxq_mask(w, 2, 4, cache=cache)
+    w2 = w + 1e-4 * torch.randn_like(w)
+    w2[::5] *= scale
+    assert torch.equal(maxq_mask(w2, 2, 4, cache=cache), reference_maxq_mask(w2, 2, 4))
+    w3 = w2 * scale                                     # every row and kernel position moves
+    assert torch.equal(maxq_mask(w3, 2, 4, cache=cache), reference_maxq_mask(w3, 2, 4))
+
+
+def test_channels_last_and_non_contiguous_weights():
+    w = rand((16, 32, 3, 3), 4)
+    for v in (w.to(memory_format=torch.channels_last), w.transpose(2, 3)):
+        assert torch.equal(maxq_mask(v, 2, 4), reference_maxq_mask(v, 2, 4))
+        assert torch.equal(nm_mask(v, 2, 4), reference_nm_mask(v, 2, 4))
+
+
+def test_nan_weight_gives_the_torch_paths_answer(monkeypatch):
+    """A NaN makes the native passes hand the layer to the torch path (same result as it)."""
+    w = rand((16, 32, 3, 3), 5)
+    w[3, 5, 1, 1] = float("nan")
+    cache: dict = {}
+    got = maxq_mask(w, 2, 4, cache=cache)
+    monkeypatch.setenv("MAXQ_NATIVE", "0")
+    want = maxq_mask(w, 2, 4)
+    assert torch.equal(got.isnan(), want.isnan())
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def test_no_compiler_falls_back_to_the_torch_path(tmp_path):
+    """Without a C compiler the native library is not built (one warning) and the masks come
+    from the torch path, still equal to the reference."""
+    import subprocess
+    code = (
+        "import sys, warnings, torch\n"
+        f"sys.path[:0] = [{os.path.dirname(os.path.dirname(__file__))!r}, {os.path.dirname(__file__)!r}]\n"
+        "from mask_reference import reference_maxq_mask\n"
+        "from maxq import native, masks\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    assert native.lib() is None\n"
+        "assert 'no C compiler' in native.error(), native.error()\n"
+        "assert any('torch path' in str(c.message) for c in caught)\n"
+        "w = torch.randn(8, 16, 3, 3)\n"
+        "assert torch.equal(masks.maxq_mask(w, 2, 4), reference_maxq_mask(w, 2, 4))\n"
+        "print('ok')\n")
+    env = {"PATH": str(tmp_path), "MAXQ_NATIVE_CACHE": str(tmp_path / "cache"),
+           "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("shape", [(16, 32, 3, 3), (8, 16, 1, 1), (8, 16, 5, 5), (12, 16)])
+@pytest.mark.parametrize("N", [1, 2, 3])
+def test_progressive_keeps_every_block_count(shape, N):
+    """Progressive N keeps M - floor((M-N)(1-rho)) of every block: 1 .. M (all) kept, with ties."""
+    w = rand(shape, 8)
+    for rho in (0.0, 0.3, 0.6, 0.95):
+        for v in (w, (w * 3).round()):
+            S = maxq_mask(v, N, 4, dense_fraction=rho, progressive=True)
+            assert torch.equal(S, reference_maxq_mask(v, N, 4, dense_fraction=rho,
+                                                      progressive=True))
