@@ -651,10 +651,13 @@ def accuracy_vs_flops(summary: pd.DataFrame, gflops: pd.DataFrame, *, title: str
             ax.errorbar(part["gflops"], part["top1_mean"], yerr=[low, high],
                         fmt="*" if dense else "o-", markersize=12 if dense else 5, capsize=3,
                         color=_color(method, methods), label=_label(part, method))
-            if not dense and method == labelled.setdefault(arch, method):   # once per x
-                for x, y, n, m in zip(part["gflops"], part["top1_mean"], part["N"], part["M"]):
-                    ax.annotate(f"{n}:{m}", (x, y), textcoords="offset points", xytext=(4, -10),
-                                fontsize=7)
+            if not dense and method == labelled.setdefault(arch, method):   # once per point
+                # patterns of equal density (1:4 and 2:8) share an x: stack their labels
+                stacked = part.groupby("gflops", sort=False).cumcount()
+                for x, y, n, m, k in zip(part["gflops"], part["top1_mean"], part["N"], part["M"],
+                                         stacked):
+                    ax.annotate(f"{n}:{m}", (x, y), textcoords="offset points",
+                                xytext=(4, -10 + 11 * int(k)), fontsize=7)
         ax.set_xlabel(f"{unit} per image (sparse layers × N/M)")
         ax.set_ylabel("best top-1 (%), mean, 95 % CI")
         ax.set_title(str(arch), fontsize=9)

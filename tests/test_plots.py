@@ -114,3 +114,21 @@ def test_evidence_figures_show_intervals_and_start_bars_at_zero(res):
     pairs = stats.pairwise(res.runs, "SoftMaxQConv2DBN", "SoftSRSTEConv2dBN")
     labels = [t.get_text() for t in plots.paired_differences(pairs).axes[0].get_yticklabels()]
     assert len(labels) == len(pairs) and all("n=" in label for label in labels)
+
+
+def test_accuracy_vs_flops_labels_of_equal_density_patterns_do_not_overlap():
+    """1:4 and 2:8 keep the same share of weights, so they share an x: their labels stack."""
+    summary = pd.DataFrame({
+        "row": ["r1of4", "r2of8", "r2of4"], "arch": ["resnet50"] * 3, "N": [1, 2, 2],
+        "M": [4, 8, 4], "method": ["SoftSRSTEConv2dBN"] * 3, "method_label": ["SR-STE"] * 3,
+        "top1_mean": [71.65, 71.70, 76.0], "top1_ci95_low": [np.nan] * 3,
+        "top1_ci95_high": [np.nan] * 3})
+    gflops = pd.DataFrame({"row": ["r1of4", "r2of8", "r2of4"],
+                           "method": ["SoftSRSTEConv2dBN"] * 3, "gflops": [0.5, 0.5, 1.0]})
+    ax = plots.accuracy_vs_flops(summary, gflops).axes[0]
+    notes = {t.get_text(): t for t in ax.texts}
+    assert set(notes) == {"1:4", "2:8", "2:4"}
+    fig = ax.figure
+    fig.canvas.draw()
+    boxes = {k: t.get_window_extent() for k, t in notes.items()}
+    assert not boxes["1:4"].overlaps(boxes["2:8"])
