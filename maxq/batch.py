@@ -448,7 +448,7 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
     table = status_path(spec.name, root)
     job_options = None
     if executor != "threads":
-        from maxq import executors
+        from maxq import executors   # executors import batch: a real cycle
 
         if executor not in executors.EXECUTORS:
             raise StudyError(f"unknown --executor {executor!r}; choose one of "
@@ -699,7 +699,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         "cpus_per_task")}
     try:
         if getattr(args, "status", False):
-            from maxq import executors
+            from maxq import executors   # executors import batch: a real cycle
 
             executors.print_status(args.study, root=args.runs_root, rows=args.rows,
                                    shard=args.shard)

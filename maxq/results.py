@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from maxq import cost, models, records, studies
+from maxq import schedules as sched
 from maxq.methods import METHODS, is_maxq
 from maxq.studies import Study
 
@@ -412,8 +413,6 @@ def schedule_frame(start: int, end: int, epochs: int,
                    schedules: Iterable[str] | None = None) -> pd.DataFrame:
     """Share of N:M blocks ``1 − ρ(t)`` for every schedule over ``0..epochs`` (columns: epoch,
     schedule, dense_fraction, nm_share), from :func:`maxq.schedules.dense_fraction`."""
-    from maxq import schedules as sched
-
     names = list(schedules) if schedules is not None else list(sched.SCHEDULES)
     grid = np.linspace(0, max(1, int(epochs)), 200)
     out = []

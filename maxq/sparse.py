@@ -40,6 +40,7 @@ from torch import nn
 
 from maxq import masks as mask_math
 from maxq.methods import MethodSpec, get as get_method
+from maxq.records import HIST_EDGES
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -369,8 +370,6 @@ def mask_stats(model: nn.Module, previous_hard: dict[str, torch.Tensor] | None =
     current hard masks (bool) to pass as ``previous_hard`` next time. A block counts as N:M when
     it keeps at most N weights; ``flipped`` is None when there is no previous mask.
     """
-    from maxq.records import HIST_EDGES
-
     edges = torch.tensor(hist_edges or HIST_EDGES, dtype=torch.float32)
     stats, hard_masks = {}, {}
     for name, module in sparse_layers(model).items():
