@@ -151,7 +151,25 @@ class Meter:
                 "images": int(round(values[3]))}
 
 
-# ============================================================================ model and optimizer
+# ============================================================================ data, model, optimizer
+def build_loaders(cfg: TrainConfig, rt: Runtime, *, drop_last: bool) -> maxq_data.Loaders:
+    """This process's share of the data: ``batch_size`` is global, each rank takes 1/K of it."""
+    return maxq_data.build_loaders(
+        cfg.set, cfg.data, batch_size=max(1, cfg.batch_size // rt.world_size),
+        workers=cfg.workers, image_size=cfg.image_size, train_subset=cfg.train_subset,
+        val_subset=cfg.val_subset, seed=cfg.seed, distributed=rt.distributed, rank=rt.rank,
+        world_size=rt.world_size, device=str(rt.device), drop_last=drop_last,
+        lighting=cfg.lighting)
+
+
+def place(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> nn.Module:
+    """The model on this process's device, in channels_last when asked; returns it."""
+    model.to(rt.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def build_model(cfg: TrainConfig, num_classes: int, in_channels: int,
                 pretrained: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Stock architecture, optional dense pretrained weights, then the method's sparse layers."""
@@ -546,11 +564,7 @@ def train(config: TrainConfig) -> Path:
         spec = methods.METHODS[cfg.conv_bn_type]
 
         # data (errors surface here, before anything is written)
-        loaders = maxq_data.build_loaders(
-            cfg.set, cfg.data, batch_size=cfg.batch_size // rt.world_size, workers=cfg.workers,
-            image_size=cfg.image_size, train_subset=cfg.train_subset, val_subset=cfg.val_subset,
-            seed=cfg.seed, distributed=rt.distributed, rank=rt.rank, world_size=rt.world_size,
-            device=str(rt.device), drop_last=True, lighting=cfg.lighting)
+        loaders = build_loaders(cfg, rt, drop_last=True)
 
         # model: weights from --pretrained, masks from sparsify, then DDP
         pretrained = read_weights(cfg.pretrained) if cfg.pretrained else None
@@ -562,9 +576,7 @@ def train(config: TrainConfig) -> Path:
             model.load_state_dict(checkpoint["state_dict"])
         if cfg.sync_bn and rt.distributed:
             model = convert_sync_batchnorm(model, rt.device)
-        model.to(rt.device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
+        place(model, cfg, rt)
         model_without_ddp = model
         if rt.distributed:
             # with synchronised BatchNorm every buffer (running statistics, masks) is computed
@@ -786,16 +798,9 @@ def evaluate(config: TrainConfig, explicit: set[str] | None = None) -> dict[str,
     rt = setup_runtime(cfg.device, cfg.amp)
     try:
         seed_everything(cfg.seed)
-        loaders = maxq_data.build_loaders(
-            cfg.set, cfg.data, batch_size=max(1, cfg.batch_size // rt.world_size),
-            workers=cfg.workers, image_size=cfg.image_size, train_subset=cfg.train_subset,
-            val_subset=cfg.val_subset, seed=cfg.seed, distributed=rt.distributed, rank=rt.rank,
-            world_size=rt.world_size, device=str(rt.device), drop_last=False)
-        model = build_model(cfg, loaders.spec.num_classes, loaders.spec.in_channels,
-                            read_weights(weights_path))
-        model.to(rt.device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
+        loaders = build_loaders(cfg, rt, drop_last=False)
+        model = place(build_model(cfg, loaders.spec.num_classes, loaders.spec.in_channels,
+                                  read_weights(weights_path)), cfg, rt)
         log = RunLog(Path(config.save_dir) / records.LOG if config.save_dir else None,
                      enabled=rt.is_main)
         log(f"evaluating {weights_path}: {cfg.arch} {cfg.conv_bn_type} {cfg.N}:{cfg.M} on "
