@@ -96,7 +96,8 @@ def option(default: Any, *flags: str, help: str, group: str = KIT_GROUP,  # noqa
 
     ``flags``: the option strings (none: derived from the name, ``--increase-end``; a plain
     word: the positional argument). ``kind``: ``value`` (``type`` parses it), ``bool`` (the
-    seed's ``--flag True``; the bare flag means True), ``switch`` (``store_true``).
+    seed's ``--flag True``; the bare flag means True), ``switch`` (``store_true``), ``optional``
+    (the bare flag means True, or ``type`` parses a value: ``--resume [CHECKPOINT]``).
     ``choices``: names listed in the help where it says ``{choices}`` (a function: read late).
     ``fingerprint``: the option changes what a run computes (compared on ``--resume``).
     ``row_check``: ``maxq batch`` compares it when it checks that a finished run belongs to a
@@ -244,7 +245,6 @@ class TrainConfig:
     study: str | None = option(None, fingerprint=False,
                                help="study label written to config.json")
     row: str | None = option(None, fingerprint=False, help="row label written to config.json")
-
 
     @classmethod
     def from_parameters(cls, namespace: Mapping[str, Any]) -> "TrainConfig":
