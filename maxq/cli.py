@@ -8,7 +8,10 @@ command.
 
 Subcommands live in :data:`SUBCOMMANDS` (name -> :class:`Subcommand`): each names the function
 that adds its arguments and the one that runs it. The ``train`` flags are generated from
-:class:`maxq.config.TrainConfig` (one place for names, aliases, defaults and help).
+:class:`maxq.config.TrainConfig` (one place for names, aliases, defaults and help). The modules
+that import torch (:mod:`maxq.train`, :mod:`maxq.export`) are imported by the functions of their
+subcommands, so that ``maxq batch`` (``--status``, ``--dry-run``, its papermill runner) and
+``maxq report`` start in a fraction of a second; everything else is imported here.
 
 Errors the user can fix (``ValueError``, ``OSError``: bad flags, missing data, refused run
 directory) print ONE line ``error: ...`` to stderr and exit with status 2; set ``MAXQ_DEBUG=1`` for
@@ -23,9 +26,8 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import maxq
-from maxq import batch, config, export, records
+from maxq import batch, config, records
 from maxq.config import TrainConfig
-from maxq.train import evaluate, train
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -68,6 +70,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from maxq.train import evaluate, train      # torch: see the module docstring
+
     config = config_from_args(args)
     main_rank = os.environ.get("RANK", "0") == "0"
     if config.evaluate:
@@ -112,6 +116,19 @@ def split_glued_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> l
     return out
 
 
+# ============================================================================ maxq export
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from maxq import export                     # torch: see the module docstring
+
+    export.add_arguments(parser)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from maxq import export
+
+    return export.run(args)
+
+
 # ============================================================================ the registry
 SUBCOMMANDS: dict[str, Subcommand] = {
     "train": Subcommand("train one run, or evaluate a checkpoint (the seed's pruning_train.py)",
@@ -121,7 +138,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "report": Subcommand("render a study's report from its run directories",
                          batch.add_report_arguments, batch.run_report_command),
     "export": Subcommand("fold masks and export a run (torchvision, ONNX, 2:4 kernels, INT8)",
-                         export.add_arguments, export.run),
+                         add_export_arguments, run_export),
 }
 
 
