@@ -14,7 +14,7 @@ Rows of the table:
   (:func:`maxq.data.build_loaders`, what training iterates).
 * **2:4 kernels** -- the folded 2:4 ResNet-50's eligible layers (1×1 convs and the classifier)
   on ``torch.sparse.to_sparse_semi_structured`` vs dense, end to end, fp16 and bf16, batch 128
-  (:func:`maxq.export.sparse24_check`), with the output difference.
+  (:func:`maxq.kernels24.sparse24_check`), with the output difference.
 * **DDP** -- one training step of ResNet-50 under ``DistributedDataParallel`` in a 1-process
   NCCL group (the kit's multi-GPU path minus the second GPU).
 * **train + ONNX** -- a one-epoch ``maxq train`` run on the device, then ``maxq export --format
@@ -154,7 +154,7 @@ def check_data(device, *, images, size, batch, workers, log) -> list[tuple]:
 
 def eligible_layers(folded: torch.nn.Module) -> list[str]:
     """The layers a 2:4 kernel can take: linears and 1×1 convs whose weight is 2:4 along the
-    input channels (what :func:`maxq.export.semi_structured_linearize` converts, shape limits
+    input channels (what :func:`maxq.kernels24.semi_structured_linearize` converts, shape limits
     aside)."""
     names = []
     for name, m in folded.named_modules():
@@ -167,15 +167,15 @@ def eligible_layers(folded: torch.nn.Module) -> list[str]:
 
 
 def check_sparse24(device, *, arch, size, batch, log) -> list[tuple]:
-    from maxq import export as ex
+    from maxq import kernels24
 
     folded = sparse.fold(build(arch, "SoftSRSTEConv2dBN").eval())   # masks of the init weights
     names = eligible_layers(folded)
-    ok, reason = ex.sparse24_support()
+    ok, reason = kernels24.sparse24_support()
     if not ok:
         return [("2:4 kernels", f"folded {arch} 2:4: {len(names)} eligible layers", "-", "-",
                  "-", "2:4 < dense", f"n/a ({reason.split(';')[0][:60]})")]
-    report = ex.sparse24_check(folded, None, image_size=size, in_channels=3,
+    report = kernels24.sparse24_check(folded, None, image_size=size, in_channels=3,
                                batch_sizes=(batch,), log=log)
     rows = []
     for r in report["rows"]:

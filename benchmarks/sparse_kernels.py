@@ -7,7 +7,7 @@ Two tables:
    as ``torch.sparse.to_sparse_semi_structured``; fp16 and bf16; a few batch sizes.
 2. **model**: a folded 2:4 model (``--run RUN_DIR`` for a trained one, else ResNet-50 sparsified
    2:4 with SR-STE magnitude masks at initialisation), dense vs
-   :func:`maxq.export.semi_structured_linearize` (1×1 convs and linears on 2:4 kernels; 3×3 convs
+   :func:`maxq.kernels24.semi_structured_linearize` (1×1 convs and linears on 2:4 kernels; 3×3 convs
    stay dense, there is no semi-structured conv kernel), end to end.
 
 Every row also checks the outputs (max abs / relative difference against dense). On a machine
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maxq import export as ex  # noqa: E402
+from maxq import export, kernels24  # noqa: E402
 
 #: ResNet-50 @224: (name, out, in, spatial positions per image) of its distinct matmul shapes
 RESNET50_MATMULS = (
@@ -63,7 +63,7 @@ def matmul_table(batch_sizes, dtypes, log=print) -> list[dict]:
     for dtype in dtypes:
         for name, out_f, in_f, positions in RESNET50_MATMULS:
             w = _two_four(out_f, in_f, dtype, g)
-            ok, why = ex._semi_structured_shape_ok(out_f, in_f, dtype)
+            ok, why = kernels24.semi_structured_shape_ok(out_f, in_f, dtype)
             if not ok:
                 log(f"skip {name}: {why}")
                 continue
@@ -75,8 +75,8 @@ def matmul_table(batch_sizes, dtypes, log=print) -> list[dict]:
                 got = F.linear(x, ws)
                 diff = float((ref.float() - got.float()).abs().max())
                 rel = diff / max(float(ref.float().abs().max()), 1e-6)
-                t_dense = ex.cuda_time(lambda: F.linear(x, w))
-                t_sparse = ex.cuda_time(lambda: F.linear(x, ws))
+                t_dense = kernels24.cuda_time(lambda: F.linear(x, w))
+                t_sparse = kernels24.cuda_time(lambda: F.linear(x, ws))
                 flops = 2.0 * tokens * in_f * out_f
                 row = {"table": "matmul", "layer": name, "dtype": str(dtype).replace("torch.", ""),
                        "batch": batch, "m_tokens": tokens, "k_in": in_f, "n_out": out_f,
@@ -92,7 +92,7 @@ def matmul_table(batch_sizes, dtypes, log=print) -> list[dict]:
 
 def _model_for(run: str | None):
     if run is not None:
-        loaded, stock, _ = ex._load_folded(run)
+        loaded, stock, _ = export.load_folded(run)
         return stock, loaded.in_channels, loaded.image_size, f"{loaded.arch} {loaded.N}:{loaded.M}"
     from maxq import models, sparse
 
@@ -105,7 +105,7 @@ def _model_for(run: str | None):
 def model_table(run, batch_sizes, dtypes, log=print) -> list[dict]:
     folded, chans, size, label = _model_for(run)
     log(f"model: {label} @ {size}x{size}")
-    report = ex.sparse24_check(folded, None, image_size=size, in_channels=chans, dtypes=dtypes,
+    report = kernels24.sparse24_check(folded, None, image_size=size, in_channels=chans, dtypes=dtypes,
                                batch_sizes=batch_sizes, log=log)
     return [{"table": "model", "layer": label, **r} for r in report["rows"]]
 
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-matmul", action="store_true", help="model table only")
     args = parser.parse_args(argv)
 
-    ok, reason = ex.sparse24_support()
+    ok, reason = kernels24.sparse24_support()
     if not ok:
         print(reason)
         return 0

@@ -25,11 +25,12 @@ _EXPORTS = {
     "build_model": "maxq.models",
     "METHODS": "maxq.methods",
     "ARCHS": "maxq.models",
-    "cost": "maxq.export",
+    "cost": "maxq.cost",
 }
 _SUBMODULES = {
-    "masks", "schedules", "methods", "models", "sparse", "data", "records", "train", "results",
-    "plots", "batch", "export", "cli",
+    "masks", "schedules", "methods", "models", "sparse", "data", "records", "config", "train",
+    "distributed", "studies", "results", "stats", "plots", "batch", "executors", "cost", "export",
+    "kernels24", "int8", "cli",
 }
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)

@@ -6,10 +6,12 @@ takes every flag of the seed's ``pruning_train.py`` with the same name, default 
 own (subsets, device, AMP, snapshots, ...). ``--evaluate --pretrained PATH`` is the seed's test
 command.
 
-Subcommands live in :data:`SUBCOMMANDS` (name -> :class:`Subcommand`). A subcommand's functions may
-be given as ``"module:function"`` strings: the module is imported only when that subcommand runs,
-so ``maxq train`` does not import the report or export machinery. Other modules add theirs with
-:func:`register` or by an entry below (the registration points are marked).
+Subcommands live in :data:`SUBCOMMANDS` (name -> :class:`Subcommand`): each names the function
+that adds its arguments and the one that runs it. The ``train`` flags are generated from
+:class:`maxq.config.TrainConfig` (one place for names, aliases, defaults and help). The modules
+that import torch (:mod:`maxq.train`, :mod:`maxq.export`) are imported by the functions of their
+subcommands, so that ``maxq batch`` (``--status``, ``--dry-run``, its papermill runner) and
+``maxq report`` start in a fraction of a second; everything else is imported here.
 
 Errors the user can fix (``ValueError``, ``OSError``: bad flags, missing data, refused run
 directory) print ONE line ``error: ...`` to stderr and exit with status 2; set ``MAXQ_DEBUG=1`` for
@@ -18,12 +20,14 @@ the traceback instead.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib
 import os
 import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence
+
+import maxq
+from maxq import batch, config, records
+from maxq.config import TrainConfig
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -45,201 +49,28 @@ class OneLineParser(argparse.ArgumentParser):
 
 @dataclass(frozen=True)
 class Subcommand:
-    """``add_arguments(parser)`` and ``run(args) -> exit status``; each a callable or a
-    ``"module:function"`` string resolved when the subcommand is used."""
+    """``add_arguments(parser)`` and ``run(args) -> exit status``."""
 
     help: str
-    add_arguments: str | Callable[[argparse.ArgumentParser], None]
-    run: str | Callable[[argparse.Namespace], int | None]
-
-    @staticmethod
-    def resolve(target: str | Callable) -> Callable:
-        if callable(target):
-            return target
-        module, _, name = target.partition(":")
-        try:
-            return getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"{target} is not available: {exc}") from None
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int | None]
 
 
 # ============================================================================ maxq train
-def _bool(text: str) -> bool:
-    """The seed's boolean flags take a value: True/False, 1/0, yes/no, on/off (any case)."""
-    value = str(text).strip().lower()
-    if value in ("true", "1", "yes", "y", "on"):
-        return True
-    if value in ("false", "0", "no", "n", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
-
-
-def _snapshots(text: str) -> int | list[int] | None:
-    """``K`` (every K-th epoch), ``A,B,C`` (those epochs, from 0; ``5,`` is epoch 5 alone) or
-    ``none`` (first and last only)."""
-    value = text.strip().lower()
-    if value in ("none", "0", ""):
-        return None
-    try:
-        if "," in value:
-            return [int(v) for v in value.split(",") if v.strip()]
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected K (every K-th epoch) or a comma list of epochs, got {text!r}") from None
-
-
-def _resume(text: str) -> bool | str:
-    """``--resume`` alone or ``--resume True``: this save_dir's checkpoint; otherwise a path."""
-    value = text.strip().lower()
-    if value in ("true", "1", "yes", "false", "0", "no"):
-        return _bool(value)
-    return text
-
-
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Every flag of the seed's README (same names and defaults) plus the kit's own."""
-    from maxq import data, methods, models, schedules
-    from maxq.train import AMP_MODES, DECAY_TYPES, DEVICES, TrainConfig
-
-    d = TrainConfig()
+    """Every flag of the seed's README (same names and defaults) plus the kit's own: generated
+    from :class:`maxq.config.TrainConfig`'s field metadata."""
     parser.formatter_class = _HelpFormatter
-    seed = parser.add_argument_group("seed flags (pruning_train.py)")
-    seed.add_argument("data", nargs="?", default=d.data, metavar="DATA",
-                      help="path to the dataset (ImageNet: DATA/train and DATA/val class folders; "
-                           "optional for FashionMNIST, found in /usr/share/datasets)")
-    seed.add_argument("--set", dest="set", default=d.set,
-                      help=f"dataset; one of {', '.join(data.DATASETS)}")
-    seed.add_argument("-a", "--arch", default=d.arch,
-                      help=f"model; one of {', '.join(models.ARCHS)}")
-    seed.add_argument("--conv-bn-type", dest="conv_bn_type", default=d.conv_bn_type,
-                      help=f"method (conv/bn type); one of {', '.join(methods.METHODS)}")
-    seed.add_argument("--save_dir", "--save-dir", dest="save_dir", default=d.save_dir,
-                      help="run directory for config, metrics, masks, checkpoints and log "
-                           "(default: runs/<set>_<arch>_<method>_<N>of<M>_s<seed>)")
-    seed.add_argument("-e", "--evaluate", action="store_true",
-                      help="evaluate --pretrained (or the --resume checkpoint) on the validation "
-                           "set and stop")
-    seed.add_argument("--pretrained", default=d.pretrained, metavar="PATH",
-                      help="checkpoint to evaluate or to start from (loaded with weights_only)")
-    seed.add_argument("--N", dest="N", type=int, default=d.N, help="N of N:M sparsity")
-    seed.add_argument("--M", dest="M", type=int, default=d.M, help="M of N:M sparsity")
-    seed.add_argument("--decay", type=float, default=d.decay, help="SR-STE decay lambda")
-    seed.add_argument("--decay-type", dest="decay_type", default=d.decay_type,
-                      help=f"SR-STE decay type; one of {', '.join(DECAY_TYPES)} (v2 means no "
-                           f"decay in the authors' code: accepted with a warning, = --decay 0)")
-    seed.add_argument("--increase-start", "--decay-start", dest="increase_start", type=int,
-                      default=d.increase_start,
-                      help="epoch where the share of N:M blocks starts to grow (--decay-start: "
-                           "the authors' scripts' name)")
-    seed.add_argument("--increase-end", "--decay-end", dest="increase_end", type=int,
-                      default=d.increase_end,
-                      help="epoch from which every block is N:M (must be <= --epochs; "
-                           "--decay-end: the authors' scripts' name)")
-    seed.add_argument("--tau", type=float, default=d.tau, help="temperature of MaxQ's soft queries")
-    seed.add_argument("--prune-schedule", dest="prune_schedule", default=d.prune_schedule,
-                      help=f"incremental schedule; one of {', '.join(schedules.SCHEDULES)}")
-    seed.add_argument("--no-bn-decay", dest="no_bn_decay", type=_bool, nargs="?", const=True,
-                      default=d.no_bn_decay, metavar="BOOL",
-                      help="no weight decay on BatchNorm and bias parameters (default: True for "
-                           "ImageNet sets, as the authors' scripts, False otherwise)")
-    seed.add_argument("--warmup-length", dest="warmup_length", type=int, default=d.warmup_length,
-                      help="epochs of linear learning-rate warm-up")
-    seed.add_argument("--weight-decay", "--wd", dest="weight_decay", type=float,
-                      default=d.weight_decay, help="SGD weight decay")
-    seed.add_argument("--nesterov", type=_bool, nargs="?", const=True, default=d.nesterov,
-                      metavar="BOOL", help="Nesterov momentum")
-    seed.add_argument("-j", "--workers", type=int, default=d.workers,
-                      help="data loading workers (DALI threads for ImageNetDali)")
-    seed.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
-    seed.add_argument("-b", "--batch-size", dest="batch_size", type=int, default=d.batch_size,
-                      help="GLOBAL batch size (each of K torchrun processes takes 1/K of it)")
-    seed.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=d.lr,
-                      help="base learning rate")
-    seed.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    seed.add_argument("--seed", type=int, default=d.seed,
-                      help="seed of initialisation, data order, augmentation")
-    seed.add_argument("--resume", nargs="?", const=True, default=d.resume, type=_resume,
-                      metavar="CHECKPOINT",
-                      help="continue the run in --save_dir from its checkpoint.pth (or from the "
-                           "given checkpoint; --save_dir defaults to its folder); the config "
-                           "must be the same")
-    seed.add_argument("-p", "--print-freq", dest="print_freq", type=int, default=d.print_freq,
-                      help="log a 'Prec@1 ... Prec@5 ...' line every this many batches")
-
-    kit = parser.add_argument_group("kit flags")
-    kit.add_argument("--overwrite", action="store_true",
-                     help="replace the run already in --save_dir (finished or not); without it "
-                          "such a directory is refused and left untouched")
-    kit.add_argument("--mask-interval", dest="mask_interval", type=int, default=d.mask_interval,
-                     metavar="K",
-                     help="recompute the masks every K-th training step and keep them in between "
-                          "(1, the paper's setting: every step)")
-    kit.add_argument("--lighting", default=d.lighting,
-                     help="colour augmentation of the ImageNet sets: authors (their "
-                          "ColorAugmentation), pca (AlexNet PCA lighting) or none")
-    kit.add_argument("--width-mult", dest="width_mult", type=float, default=d.width_mult,
-                     help="channel width multiplier of the architecture (1.0: the paper's nets; "
-                          "smaller for CPU proxies)")
-    kit.add_argument("--recalibrate-bn", dest="recalibrate_bn", type=int,
-                     default=d.recalibrate_bn, metavar="K",
-                     help="recompute BatchNorm running statistics from K training batches before "
-                          "every evaluation (0: off, the authors' recipe); for nets whose BN "
-                          "momentum is too slow for short runs, e.g. MobileNetV3 (0.01)")
-    kit.add_argument("--lr-policy", dest="lr_policy", default=d.lr_policy,
-                     help="learning-rate schedule, updated once per epoch: cosine or step "
-                          "(x0.1 every 30 epochs)")
-    kit.add_argument("--label-smoothing", dest="label_smoothing", type=float,
-                     default=d.label_smoothing,
-                     help="label smoothing (default: 0.1 for ImageNet sets, 0 otherwise)")
-    kit.add_argument("--image-size", dest="image_size", type=int, default=d.image_size,
-                     help="training image size (default: the set's, 224 for ImageNet)")
-    kit.add_argument("--train-subset", dest="train_subset", type=int, default=d.train_subset,
-                     metavar="K", help="train on a class-balanced subset of K images")
-    kit.add_argument("--val-subset", dest="val_subset", type=int, default=d.val_subset,
-                     metavar="K", help="evaluate on a fixed class-balanced subset of K images")
-    kit.add_argument("--small-input", dest="small_input", type=_bool, nargs="?", const=True,
-                     default=d.small_input, metavar="BOOL",
-                     help="CIFAR-style stem (stride 1, no max-pool); default: the set's choice")
-    kit.add_argument("--device", default=d.device, help=f"one of {', '.join(DEVICES)}")
-    kit.add_argument("--amp", default=d.amp,
-                     help=f"mixed precision, one of {', '.join(AMP_MODES)} (auto: bf16 where "
-                          f"supported else fp16 with a grad scaler on CUDA; off on CPU; bf16 also runs on "
-                          f"CPU with CPU autocast; fp16 needs CUDA)")
-    kit.add_argument("--channels-last", dest="channels_last", type=_bool, nargs="?", const=True,
-                     default=d.channels_last, metavar="BOOL",
-                     help="channels_last memory format (default: on for CUDA)")
-    kit.add_argument("--sync-bn", dest="sync_bn", type=_bool, nargs="?", const=True,
-                     default=d.sync_bn, metavar="BOOL",
-                     help="synchronise BatchNorm statistics over torchrun processes (default: on "
-                          "with several processes, so K processes equal one with the same "
-                          "global batch)")
-    kit.add_argument("--deterministic", type=_bool, nargs="?", const=True,
-                     default=d.deterministic, metavar="BOOL",
-                     help="deterministic algorithms (default: on for CPU)")
-    kit.add_argument("--snapshot-epochs", dest="snapshot_epochs", type=_snapshots,
-                     default=d.snapshot_epochs, metavar="K|A,B,..",
-                     help="save masks every K-th epoch, or at the listed epochs (counted from 0; "
-                          "'5,' is epoch 5 alone); the first and last epoch always")
-    kit.add_argument("--progress", dest="progress", type=_bool, nargs="?", const=True,
-                     default=d.progress, metavar="BOOL",
-                     help="tqdm bar per epoch (default: when stderr is a terminal)")
-    kit.add_argument("--no-progress", dest="progress", action="store_false",
-                     help="no progress bar")
-    kit.add_argument("--study", default=d.study, help="study label written to config.json")
-    kit.add_argument("--row", default=d.row, help="row label written to config.json")
+    config.add_arguments(parser)
 
 
-def config_from_args(args: argparse.Namespace):
-    """The :class:`maxq.train.TrainConfig` of parsed ``maxq train`` arguments."""
-    from maxq.train import TrainConfig
-
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`maxq.config.TrainConfig` of parsed ``maxq train`` arguments."""
+    return TrainConfig.from_args(args)
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from maxq import records
-    from maxq.train import evaluate, train
+    from maxq.train import evaluate, train      # torch: see the module docstring
 
     config = config_from_args(args)
     main_rank = os.environ.get("RANK", "0") == "0"
@@ -285,29 +116,34 @@ def split_glued_flags(argv: Sequence[str], parser: argparse.ArgumentParser) -> l
     return out
 
 
+# ============================================================================ maxq export
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from maxq import export                     # torch: see the module docstring
+
+    export.add_arguments(parser)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from maxq import export
+
+    return export.run(args)
+
+
 # ============================================================================ the registry
 SUBCOMMANDS: dict[str, Subcommand] = {
     "train": Subcommand("train one run, or evaluate a checkpoint (the seed's pruning_train.py)",
                         add_train_arguments, run_train),
-    # ---- registration points: commands of other modules, imported only when used ----
     "batch": Subcommand("run a study: its rows as papermill notebooks, then the report",
-                        "maxq.batch:add_batch_arguments", "maxq.batch:run_batch_command"),
+                        batch.add_batch_arguments, batch.run_batch_command),
     "report": Subcommand("render a study's report from its run directories",
-                         "maxq.batch:add_report_arguments", "maxq.batch:run_report_command"),
+                         batch.add_report_arguments, batch.run_report_command),
     "export": Subcommand("fold masks and export a run (torchvision, ONNX, 2:4 kernels, INT8)",
-                         "maxq.export:add_arguments", "maxq.export:run"),
+                         add_export_arguments, run_export),
 }
 
 
-def register(name: str, help: str, add_arguments, run) -> None:  # noqa: A002 - argparse word
-    """Add (or replace) a subcommand: ``maxq NAME ...``."""
-    SUBCOMMANDS[name] = Subcommand(help, add_arguments, run)
-
-
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
-    """The ``maxq`` parser; only the ``selected`` subcommand's arguments are built (imported)."""
-    import maxq
-
+    """The ``maxq`` parser; only the ``selected`` subcommand's arguments are built."""
     parser = OneLineParser(prog="maxq", allow_abbrev=False,
                            description="MaxQ reproducibility kit: N:M sparse training of CNNs.")
     parser.add_argument("--version", action="version", version=f"maxq {maxq.__version__}")
@@ -317,7 +153,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=command.help, description=command.help, allow_abbrev=False)
         parser.subcommand_parsers[name] = p
         if name == selected:
-            Subcommand.resolve(command.add_arguments)(p)
+            command.add_arguments(p)
             p.set_defaults(_run=command.run)
     return parser
 
@@ -341,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if selected == "train":
             args.explicit_options = explicit_options(parser.subcommand_parsers["train"],
                                                      argv[argv.index("train") + 1:])
-        status = Subcommand.resolve(args._run)(args)  # noqa: SLF001 - set by build_parser
+        status = args._run(args)  # noqa: SLF001 - set by build_parser
         return int(status or 0)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

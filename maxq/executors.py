@@ -14,7 +14,7 @@ same run directory as the threads executor, so a run made on the cluster is the 
 Multi-GPU rows get one task per GPU (``gpus_per_run``); each task exports the process-group
 variables of :class:`submitit.helpers.TorchDistributedEnvironment` (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and runs its own kernel; the training's
-``torchrun`` path (:func:`maxq.train.setup_runtime`) takes it from there. Rank 0 writes the run
+``torchrun`` path (:func:`maxq.distributed.setup_runtime`) takes it from there. Rank 0 writes the run
 directory and ``row.ipynb``; the other ranks' notebooks and papermill logs go to the job folder.
 
 Preemption and time limits: SLURM (or the local controller) sends ``SIGUSR2`` before it stops
@@ -44,7 +44,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from maxq import batch, records
+from tabulate import tabulate
+
+from maxq import batch, records, studies
 
 EXECUTORS = ("threads", "submitit-local", "slurm")
 JOBS_DIR = "jobs"
@@ -91,7 +93,7 @@ class SlurmOptions:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(table) - known)
         if unknown:
-            raise batch.StudyError(f"{where}: unknown keys {unknown}; allowed: {sorted(known)}")
+            raise studies.StudyError(f"{where}: unknown keys {unknown}; allowed: {sorted(known)}")
         return cls(**table).check(where)
 
     def merged(self, **overrides: Any) -> "SlurmOptions":
@@ -104,14 +106,14 @@ class SlurmOptions:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                       or value < 1):
-                raise batch.StudyError(f"{where}: {name} must be an integer >= 1; got {value!r}")
+                raise studies.StudyError(f"{where}: {name} must be an integer >= 1; got {value!r}")
         if self.gpus_per_run % self.nodes:
-            raise batch.StudyError(f"{where}: gpus_per_run ({self.gpus_per_run}) must be a "
+            raise studies.StudyError(f"{where}: gpus_per_run ({self.gpus_per_run}) must be a "
                                    f"multiple of nodes ({self.nodes}): the same GPUs per node")
         for name in ("partition", "account", "qos", "constraint"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
-                raise batch.StudyError(f"{where}: {name} must be a string; got {value!r}")
+                raise studies.StudyError(f"{where}: {name} must be a string; got {value!r}")
         if self.time is not None:
             minutes(self.time, where)
         return self
@@ -129,7 +131,7 @@ def minutes(value: str | int, where: str = "--slurm-time") -> int:
     text = str(value).strip()
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text)
     if not match or isinstance(value, bool):
-        raise batch.StudyError(f"{where}: time limit {value!r} is not minutes, HH:MM:SS or "
+        raise studies.StudyError(f"{where}: time limit {value!r} is not minutes, HH:MM:SS or "
                                f"D-HH:MM:SS")
     days, a, b, c = match.groups()
     a, b, c = int(a), int(b or 0), int(c or 0)
@@ -142,7 +144,7 @@ def minutes(value: str | int, where: str = "--slurm-time") -> int:
     else:                                      # MM
         seconds = a * 60
     if seconds <= 0:
-        raise batch.StudyError(f"{where}: time limit {value!r} must be > 0")
+        raise studies.StudyError(f"{where}: time limit {value!r} must be > 0")
     return -(-seconds // 60)
 
 
@@ -151,7 +153,7 @@ class RowJob:
     """One run of a study, as a submitit job (picklable; :meth:`checkpoint` is submitit's
     requeue hook, as in torchvision's ``Trainer``)."""
 
-    def __init__(self, row: batch.Row, root: str | os.PathLike, notebook: str | os.PathLike,
+    def __init__(self, row: studies.Row, root: str | os.PathLike, notebook: str | os.PathLike,
                  extra: dict[str, Any] | None = None, timeout: float | None = None,
                  jobs: int = 1, cwd: str | os.PathLike | None = None):
         self.row = row
@@ -249,7 +251,7 @@ def _now() -> str:
 # ----------------------------------------------------------------------------- executors
 def jobs_folder(study: str, root: str | os.PathLike) -> Path:
     """``<runs_root>/<study>/jobs``; a job's files are in ``jobs/<job id>/``."""
-    return (batch.runs_root(root) / study / JOBS_DIR).resolve()
+    return (studies.runs_root(root) / study / JOBS_DIR).resolve()
 
 
 def job_parameters(kind: str, options: SlurmOptions) -> dict[str, Any]:
@@ -275,7 +277,7 @@ def make_executor(kind: str, folder: Path, options: SlurmOptions, *, name: str =
     import submitit
 
     if kind not in ("submitit-local", "slurm"):
-        raise batch.StudyError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
+        raise studies.StudyError(f"unknown executor {kind!r}; choose one of {', '.join(EXECUTORS)}")
     cluster = "local" if kind == "submitit-local" else "slurm"
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster,
                                      slurm_max_num_timeout=MAX_TIMEOUTS)
@@ -314,7 +316,7 @@ def _submit(executor, job: RowJob):
     import submitit
 
     # the job imports this maxq (the one beside the notebooks), whatever else is installed
-    path = os.pathsep.join([str(batch.PACKAGE_ROOT)] + ([os.environ["PYTHONPATH"]]
+    path = os.pathsep.join([str(studies.PACKAGE_ROOT)] + ([os.environ["PYTHONPATH"]]
                                                         if os.environ.get("PYTHONPATH") else []))
     with submitit.helpers.environment_variables(PYTHONPATH=path):
         return executor.submit(job)
@@ -337,7 +339,7 @@ def job_state(raw: str, events: Sequence[dict[str, Any]]) -> str:
     return "requeued" if last == "requeued" else ("running" if last == "running" else "pending")
 
 
-def _outcome(job, row: batch.Row, events: Sequence[dict[str, Any]]) -> batch.Outcome:
+def _outcome(job, row: studies.Row, events: Sequence[dict[str, Any]]) -> batch.Outcome:
     """The run's outcome from a finished job: rank 0's result, or the job's error."""
     try:
         result = job.results()[0]
@@ -351,7 +353,7 @@ def _outcome(job, row: batch.Row, events: Sequence[dict[str, Any]]) -> batch.Out
     return batch.Outcome(row, result["state"], float(result["seconds"]), result["error"])
 
 
-def run_jobs(kind: str, todo: Sequence[tuple[batch.Row, dict]], *, study: str,
+def run_jobs(kind: str, todo: Sequence[tuple[studies.Row, dict]], *, study: str,
              status: "batch.StatusTable", root: Path, notebook: Path, options: SlurmOptions,
              jobs: int = 1, timeout: float | None = None, echo: Callable[[str], None] = print,
              bar=None, poll_s: float | None = None) -> list[batch.Outcome]:
@@ -360,7 +362,7 @@ def run_jobs(kind: str, todo: Sequence[tuple[batch.Row, dict]], *, study: str,
     outcomes. A SLURM job recorded in ``status.csv`` that is still queued or running is followed,
     not submitted again. Ctrl-C cancels local jobs; SLURM jobs keep running."""
     if kind == "slurm" and shutil.which("sbatch") is None:
-        raise batch.StudyError("--executor slurm needs SLURM's sbatch on PATH (run maxq batch "
+        raise studies.StudyError("--executor slurm needs SLURM's sbatch on PATH (run maxq batch "
                                "on a login node); --executor submitit-local runs the same jobs "
                                "here")
     folder = jobs_folder(study, root)
@@ -464,10 +466,10 @@ def status_rows(study: str | os.PathLike, *, root: str | os.PathLike | None = No
     """The status table of a study's runs (every run, in study order), refreshed without
     launching anything: a run whose ``result.json`` exists is done; a SLURM job that is not
     finished is asked for its state (``sacct``, when there); a local job's events are read."""
-    spec = batch.load_study(study)
-    selected = batch.resolve(spec, rows=rows, shard=shard)
-    root = batch.runs_root(root)
-    lines = batch.read_status(spec.name, root)
+    spec = studies.load_study(study)
+    selected = studies.resolve(spec, rows=rows, shard=shard)
+    root = studies.runs_root(root)
+    lines = studies.read_status(spec.name, root)
     folder = jobs_folder(spec.name, root)
     out = []
     for row in selected:
@@ -491,10 +493,8 @@ def status_rows(study: str | os.PathLike, *, root: str | os.PathLike | None = No
 
 def format_status(table: list[dict[str, str]]) -> str:
     header = tuple(STATUS_VIEW)
-    lines = [header] + [tuple(batch._one_line(r.get(c, ""), 80) for c in header) for r in table]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip()
-                     for line in lines)
+    lines = [tuple(batch._one_line(r.get(c, ""), 80) for c in header) for r in table]
+    return tabulate(lines, headers=header, tablefmt="plain", disable_numparse=True)
 
 
 def print_status(study: str | os.PathLike, *, root: str | os.PathLike | None = None,
@@ -505,10 +505,10 @@ def print_status(study: str | os.PathLike, *, root: str | os.PathLike | None = N
     counts: dict[str, int] = {}
     for line in table:
         counts[line["state"]] = counts.get(line["state"], 0) + 1
-    spec = batch.load_study(study)
+    spec = studies.load_study(study)
     echo(f"{len(table)} run(s) of study {spec.name!r}: "
          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-         + f" (status: {batch.status_path(spec.name, root)})")
+         + f" (status: {studies.status_path(spec.name, root)})")
     return table
 
 

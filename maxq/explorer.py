@@ -18,7 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from maxq import paths, plots, records, results
+from maxq import methods, paths, plots, records, results
 
 #: the one command that makes runs to look at (seconds per run on a CPU)
 MAKE_RUNS = "maxq batch smoke"
@@ -47,7 +47,7 @@ class RunInfo:
 
     @property
     def method_label(self) -> str:
-        return results.METHOD_LABELS.get(self.method, self.method)
+        return methods.label(self.method)
 
     @property
     def row(self) -> tuple:
@@ -104,7 +104,7 @@ def read_run(path: str | os.PathLike, label: str | None = None) -> RunInfo | Non
     epochs = records.mask_snapshot_epochs(path)
     if not epochs:
         return None
-    config = results.options(records.read_json(path / records.CONFIG))
+    config = records.read_config(path)
     names = list(records.load_mask_snapshot(path, epochs[0]))
     order = []
     if (path / records.LAYERS).exists():

@@ -27,43 +27,73 @@ class MethodSpec:
     #: progressive-N arm: every block prunes floor((M-N)(1-rho)) weights instead
     progressive: bool = False
     description: str = ""
+    #: short name for tables and legends (a study may override it in [study].method_labels)
+    label: str = ""
+    #: matplotlib colour of the method in every figure; None: one picked by position
+    color: str | None = None
 
     @property
     def sparse(self) -> bool:
         return self.mask != "none"
 
+    @property
+    def maxq(self) -> bool:
+        """A MaxQ variant (full method or ablation arm): its masks are multi-axis soft masks
+        whose N:M share grows, the curves and heatmaps the report shows for MaxQ."""
+        return self.mask in ("maxq", "maxq_v1")
+
 
 _SPECS = [
-    MethodSpec("DenseConv2dBN", "none", description="dense baseline, no mask"),
+    MethodSpec("DenseConv2dBN", "none", description="dense baseline, no mask", label="dense",
+               color="0.45"),
     MethodSpec("SoftSRSTEConv2dBN", "nm", "soft",
-               description="SR-STE: hard N:M mask every step, straight-through gradient"),
+               description="SR-STE: hard N:M mask every step, straight-through gradient",
+               label="SR-STE", color="C1"),
     MethodSpec("HardSRSTEConv2dBN", "nm", "hard",
-               description="SR-STE with the gradient masked"),
+               description="SR-STE with the gradient masked", label="SR-STE (hard grad)"),
     MethodSpec("SoftMaxQConv2DBN", "maxq", "soft", "soft", True,
-               description="full MaxQ: soft multi-axis mask, incremental N:M share, soft STE"),
+               description="full MaxQ: soft multi-axis mask, incremental N:M share, soft STE",
+               label="MaxQ", color="C0"),
     MethodSpec("HardMaxQConv2DBN", "maxq", "hard", "soft", True,
-               description="full MaxQ with the gradient multiplied by the mask"),
+               description="full MaxQ with the gradient multiplied by the mask",
+               label="MaxQ (hard grad)"),
     MethodSpec("MaxQHardAxis", "maxq", "soft", "hard", True,
                description="ablation: full MaxQ with 0/1 axis indicators instead of sigmoids "
                            "(kernel-axis term on kxk convs only, incremental share); not the "
-                           "authors' V1"),
+                           "authors' V1", label="MaxQ hard axis"),
     MethodSpec("MaxQV1", "maxq_v1", "soft", "hard", False,
                description="ablation: the authors' V1 (mullt_axis_query_v1): 0/1 filter- and "
                            "kernel-axis indicators, the kernel term on 1x1 convs too, no "
-                           "incremental sparsity"),
+                           "incremental sparsity", label="MaxQV1"),
     MethodSpec("MaxQNoIncremental", "maxq", "soft", "soft", False,
-               description="ablation: soft-axis MaxQ, plain N:M from the first step"),
+               description="ablation: soft-axis MaxQ, plain N:M from the first step",
+               label="MaxQ no incremental"),
     MethodSpec("MaxQInverseSelection", "maxq", "soft", "soft", True, "largest",
-               description="ablation: largest-L1 blocks stay dense"),
+               description="ablation: largest-L1 blocks stay dense", label="MaxQ largest dense"),
     MethodSpec("MaxQRandomSelection", "maxq", "soft", "soft", True, "random",
-               description="ablation: random blocks stay dense (redrawn each update)"),
+               description="ablation: random blocks stay dense (redrawn each update)",
+               label="MaxQ random dense"),
     MethodSpec("MaxQProgressiveN", "maxq", "soft", "soft", True, progressive=True,
-               description="ablation: every block prunes floor((M-N)(1-rho)) weights"),
+               description="ablation: every block prunes floor((M-N)(1-rho)) weights",
+               label="MaxQ progressive N"),
     MethodSpec("ASPFixedMask", "fixed", "hard",
-               description="ASP-style: magnitude N:M of the given (dense) weights, mask frozen"),
+               description="ASP-style: magnitude N:M of the given (dense) weights, mask frozen",
+               label="ASP"),
 ]
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in _SPECS}
+
+
+def label(name: str) -> str:
+    """The short name of a method for tables and legends (the name itself if unknown)."""
+    spec = METHODS.get(name)
+    return spec.label if spec is not None and spec.label else str(name)
+
+
+def is_maxq(name: str) -> bool:
+    """Whether ``name`` is a registered MaxQ variant (:attr:`MethodSpec.maxq`)."""
+    spec = METHODS.get(name)
+    return spec is not None and spec.maxq
 
 
 def get(name: str) -> MethodSpec:

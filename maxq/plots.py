@@ -25,6 +25,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from maxq import records  # noqa: E402
+from maxq.methods import METHODS, is_maxq  # noqa: E402
 
 #: the figures of a study report: file stem → what it shows
 REPORT_FIGURES = {
@@ -41,7 +42,6 @@ REPORT_FIGURES = {
     "paired_differences": "seed-paired MaxQ − SR-STE per row, mean with 95 % CI",
 }
 FORMATS = ("png", "svg")
-_METHOD_COLORS = {"SoftMaxQConv2DBN": "C0", "SoftSRSTEConv2dBN": "C1", "DenseConv2dBN": "0.45"}
 
 
 def save_figure(fig: Figure, path_stem: str | os.PathLike, *, dpi: int = 120,
@@ -68,10 +68,12 @@ def _empty(title: str, message: str = "no data yet") -> Figure:
     return fig
 
 
-def _color(method: str, methods: Sequence[str]) -> str:
-    if method in _METHOD_COLORS:
-        return _METHOD_COLORS[method]
-    return f"C{(2 + list(methods).index(method)) % 10}" if method in methods else "C9"
+def _color(method: str, shown: Sequence[str]) -> str:
+    """The registry's colour of the method, else one by its position among those shown."""
+    spec = METHODS.get(method)
+    if spec is not None and spec.color is not None:
+        return spec.color
+    return f"C{(2 + list(shown).index(method)) % 10}" if method in shown else "C9"
 
 
 def _grid(n: int, ncols: int = 4, size: tuple[float, float] = (4.0, 3.0),
@@ -150,7 +152,7 @@ def training_curves(epochs: pd.DataFrame, runs: pd.DataFrame | None = None, *,
                     label=f"{_label(runs if runs is not None else sub, method)} "
                           f"s{curve['seed'].iloc[0]}")
             if "nm_share" in curve.columns and curve["nm_share"].notna().any() \
-                    and "MaxQ" in str(method):
+                    and is_maxq(method):
                 share_ax = share_ax or ax.twinx()
                 share_ax.plot(curve["epoch"], curve["nm_share"], ls="--", lw=1,
                               color=_color(method, methods), alpha=0.6)

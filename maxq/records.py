@@ -340,6 +340,15 @@ def is_finished(run_dir: str | os.PathLike) -> bool:
     return (Path(run_dir) / RESULT).exists()
 
 
+def read_config(run: str | os.PathLike | dict) -> dict[str, Any]:
+    """The training options a run was made with: ``config.json``'s ``args`` (the resolved
+    :class:`maxq.config.TrainConfig` as :func:`maxq.train.train` writes it). ``run`` is a run
+    directory or its already read ``config.json``; ``{}`` when there is no ``args`` table."""
+    config = run if isinstance(run, dict) else read_json(Path(run) / CONFIG)
+    args = config.get("args") if isinstance(config, dict) else None
+    return dict(args) if isinstance(args, dict) else {}
+
+
 def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
     """Everything of one run directory except checkpoints and mask snapshots."""
     run_dir = Path(run_dir)

@@ -25,24 +25,13 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from maxq import records
+from maxq import cost, models, records, studies
+from maxq import schedules as sched
+from maxq.methods import METHODS, is_maxq
+from maxq.studies import Study
 
 MAXQ = "SoftMaxQConv2DBN"
 SRSTE = "SoftSRSTEConv2dBN"
-#: short names for tables and legends (a study may add its own in [study].method_labels)
-METHOD_LABELS = {
-    "SoftMaxQConv2DBN": "MaxQ",
-    "HardMaxQConv2DBN": "MaxQ (hard grad)",
-    "SoftSRSTEConv2dBN": "SR-STE",
-    "HardSRSTEConv2dBN": "SR-STE (hard grad)",
-    "DenseConv2dBN": "dense",
-    "MaxQHardAxis": "MaxQ hard axis",
-    "MaxQNoIncremental": "MaxQ no incremental",
-    "MaxQInverseSelection": "MaxQ largest dense",
-    "MaxQRandomSelection": "MaxQ random dense",
-    "MaxQProgressiveN": "MaxQ progressive N",
-    "ASPFixedMask": "ASP",
-}
 #: options copied from config.json into ``runs`` (those absent in a run stay NaN)
 SCALE_KEYS = ("set", "epochs", "batch_size", "image_size", "train_subset", "val_subset", "lr",
               "lr_policy", "weight_decay", "label_smoothing", "increase_start", "increase_end",
@@ -64,7 +53,7 @@ class Results:
     runs: pd.DataFrame
     epochs: pd.DataFrame
     layers: pd.DataFrame
-    spec: Any = None                      # maxq.batch.Study when the study file was found
+    spec: Any = None                      # maxq.studies.Study when the study file was found
     run_dirs: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -80,39 +69,30 @@ class Results:
         return records.mask_snapshot_epochs(self.run_dirs[run])
 
     def labels(self) -> dict[str, str]:
-        out = dict(METHOD_LABELS)
+        """Method name → short label: the registry's, then the study's ``method_labels``."""
+        out = {name: spec.label for name, spec in METHODS.items()}
         if self.spec is not None:
             out.update(self.spec.method_labels)
         return out
 
 
 # ----------------------------------------------------------------------------- loading
-def options(config: dict) -> dict:
-    """The training options inside ``config.json`` (nested under a key, or flat)."""
-    for key in ("config", "args", "options", "train"):
-        if isinstance(config.get(key), dict):
-            return config[key]
-    return config
-
-
 def load(study: Any, runs_root: str | os.PathLike | None = None) -> Results:
     """Every run directory under ``<runs_root>/<study>/`` (finished or not).
 
-    ``study`` is a name, a study file path, or a :class:`maxq.batch.Study`; when the study file
+    ``study`` is a name, a study file path, or a :class:`maxq.studies.Study`; when the study file
     is found its rows give the paper values, table-row ids and ablation arms."""
-    from maxq import batch
-
     spec = None
     try:
-        spec = batch.load_study(study)
+        spec = studies.load_study(study)
         name = spec.name
-    except batch.StudyError:
+    except studies.StudyError:
         if isinstance(study, (str, os.PathLike)) and (Path(study).suffix == ".toml"
                                                       or os.sep in str(study)):
             raise
         name = str(study)
-    planned = {r.id: r for r in batch.expand(spec)} if spec is not None else {}
-    folder = batch.runs_root(runs_root) / name
+    planned = {r.id: r for r in studies.expand(spec)} if spec is not None else {}
+    folder = studies.runs_root(runs_root) / name
     dirs = sorted(p for p in folder.iterdir() if (p / records.CONFIG).exists()) \
         if folder.is_dir() else []
     order = {rid: i for i, rid in enumerate(planned)}
@@ -128,12 +108,12 @@ def load_run(run_dir: str | os.PathLike) -> Results:
 
 def _collect(name: str | None, dirs: Sequence[Path], planned: dict, spec: Any) -> Results:
     runs, epochs, layers, run_dirs = [], [], [], {}
-    labels = dict(METHOD_LABELS)
+    labels = {name: spec.label for name, spec in METHODS.items()}
     if spec is not None:
         labels.update(spec.method_labels)
     for d in dirs:
         rec = records.read_run(d)
-        cfg = options(rec["config"])
+        cfg = records.read_config(rec["config"])
         run = d.name
         plan = planned.get(run)
         method = cfg.get("conv_bn_type", plan.method if plan else None)
@@ -254,7 +234,7 @@ def _fmt(mean: float, std: float, n: int, digits: int = 2) -> str:
 def summary_table(results: Results, *, cost: bool = True) -> pd.DataFrame:
     """One line per table row: paper top-1/top-5, ours (best-epoch top-1/top-5, mean ± std over
     seeds) per method, MaxQ − SR-STE, and FLOPs/params of the row at the paper's scale
-    (ImageNet model, 224 px, via :func:`maxq.export.cost`)."""
+    (ImageNet model, 224 px, via :func:`maxq.cost.cost`)."""
     runs = results.finished
     rows = _row_order(results)
     methods = _method_order(results)
@@ -383,10 +363,8 @@ def ablation_markdown(table: pd.DataFrame, metric: str = "best top-1") -> str:
 # ----------------------------------------------------------------------------- cost at paper scale
 @functools.lru_cache(maxsize=None)
 def _paper_cost_cached(arch: str, N: int, M: int) -> tuple[tuple[str, float], ...]:
-    from maxq import export, models
-
     model = models.build(arch, num_classes=1000)
-    totals = export.cost(model, PAPER_INPUT, N=N, M=M).totals()
+    totals = cost.cost(model, PAPER_INPUT, N=N, M=M).totals()
     return (("dense_gflops", totals["dense_flops"] / 1e9),
             ("sparse_gflops", totals["sparse_flops"] / 1e9),
             ("dense_mparams", totals["dense_params"] / 1e6),
@@ -436,8 +414,6 @@ def schedule_frame(start: int, end: int, epochs: int,
                    schedules: Iterable[str] | None = None) -> pd.DataFrame:
     """Share of N:M blocks ``1 − ρ(t)`` for every schedule over ``0..epochs`` (columns: epoch,
     schedule, dense_fraction, nm_share), from :func:`maxq.schedules.dense_fraction`."""
-    from maxq import schedules as sched
-
     names = list(schedules) if schedules is not None else list(sched.SCHEDULES)
     grid = np.linspace(0, max(1, int(epochs)), 200)
     out = []
@@ -454,7 +430,7 @@ def study_window(results: Results) -> tuple[int, int, int, str]:
     runs = results.runs
     if not len(runs):
         return 0, 0, 1, "linear"
-    maxq = runs[runs["method"].astype(str).str.contains("MaxQ")]
+    maxq = runs[runs["method"].map(is_maxq).astype(bool)]
     pick = maxq if len(maxq) else runs
     first = pick.iloc[0]
 
@@ -471,10 +447,8 @@ def study_window(results: Results) -> tuple[int, int, int, str]:
 
 # ----------------------------------------------------------------------------- writing
 def report_dir(results_or_study: Any, reports_root: str | os.PathLike | None = None) -> Path:
-    from maxq import batch
-
     study = results_or_study.study if isinstance(results_or_study, Results) else results_or_study
-    return batch.report_dir(str(study), reports_root)
+    return studies.report_dir(str(study), reports_root)
 
 
 def save_table(table: pd.DataFrame, path_stem: str | os.PathLike,
@@ -512,21 +486,17 @@ def _cell(value: Any) -> str:
 # ----------------------------------------------------------------------------- report helpers
 def status_frame(study: Any, runs_root: str | os.PathLike | None = None) -> pd.DataFrame:
     """``<runs_root>/<study>/status.csv`` of the batch runner as a DataFrame."""
-    from maxq import batch
-
     name = results_name(study)
-    lines = batch.read_status(name, runs_root)
-    return pd.DataFrame(list(lines.values()), columns=list(batch.STATUS_COLUMNS))
+    lines = studies.read_status(name, runs_root)
+    return pd.DataFrame(list(lines.values()), columns=list(studies.STATUS_COLUMNS))
 
 
 def results_name(study: Any) -> str:
-    from maxq import batch
-
     if isinstance(study, Results):
         return str(study.study)
     try:
-        return batch.load_study(study).name
-    except batch.StudyError:
+        return studies.load_study(study).name
+    except studies.StudyError:
         return str(study)
 
 
@@ -536,7 +506,8 @@ def heatmap_selection(results: Results, k_epochs: int = 4, k_layers: int = 3
     to ``k_epochs`` epochs and up to ``k_layers`` layers spread over depth."""
     candidates = focus_runs(results)
     candidates = [r for r in candidates if results.mask_epochs(r)]
-    maxq = [r for r in candidates if "MaxQ" in r]
+    method_of = results.runs.set_index("run")["method"]
+    maxq = [r for r in candidates if is_maxq(method_of.get(r))]
     if not candidates:
         return None, {}, []
     run = (maxq or candidates)[0]
@@ -585,11 +556,9 @@ def mask_choice(results: Results, run: str | None = None, layer: str | None = No
 @functools.lru_cache(maxsize=None)
 def _proxy_cost_cached(arch: str, N: int, M: int, dense: bool, width_mult: float,
                        small_input: bool, in_channels: int, image_size: int) -> float:
-    from maxq import export, models
-
     model = models.build(arch, num_classes=10, in_channels=in_channels, small_input=small_input,
                          width_mult=width_mult)
-    report = export.cost(model, (in_channels, image_size, image_size),
+    report = cost.cost(model, (in_channels, image_size, image_size),
                          *((None, None) if dense else (N, M)))
     return report.totals()["sparse_flops"] / 1e9
 
@@ -616,9 +585,7 @@ def proxy_gflops(runs: pd.DataFrame) -> pd.DataFrame:
 def runs_note(results: Results, runs_root: str | os.PathLike | None = None) -> str:
     """One Markdown line for the report: how many runs were found where, or, plainly, that the
     study has none yet and the command that makes them."""
-    from maxq import batch
-
-    folder = batch.runs_root(runs_root) / str(results.study)
+    folder = studies.runs_root(runs_root) / str(results.study)
     if not len(results.runs):
         return (f"**No runs of study `{results.study}` yet** (nothing in `{folder}`): the tables "
                 f"and figures below are empty. Make the runs with `maxq batch {results.study}`.")

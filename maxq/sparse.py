@@ -35,10 +35,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tabulate import tabulate
 from torch import nn
 
 from maxq import masks as mask_math
 from maxq.methods import MethodSpec, get as get_method
+from maxq.records import HIST_EDGES
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -352,6 +354,13 @@ def _blocks(t: torch.Tensor, M: int) -> torch.Tensor:
     return t.reshape(-1, M)
 
 
+def block_nonzeros(t: torch.Tensor, M: int) -> torch.Tensor:
+    """Non-zeros in every block of ``M`` consecutive input channels (dim 1) of a conv
+    (Co, Ci, kh, kw) or linear (out, in) tensor, shape (G,): the one count behind the N:M
+    statistics, :func:`check_nm` and the checks of the exported, 2:4 and INT8 models."""
+    return _blocks(t != 0, M).sum(dim=1)
+
+
 @torch.no_grad()
 def mask_stats(model: nn.Module, previous_hard: dict[str, torch.Tensor] | None = None,
                hist_edges: tuple[float, ...] | None = None):
@@ -361,14 +370,12 @@ def mask_stats(model: nn.Module, previous_hard: dict[str, torch.Tensor] | None =
     current hard masks (bool) to pass as ``previous_hard`` next time. A block counts as N:M when
     it keeps at most N weights; ``flipped`` is None when there is no previous mask.
     """
-    from maxq.records import HIST_EDGES
-
     edges = torch.tensor(hist_edges or HIST_EDGES, dtype=torch.float32)
     stats, hard_masks = {}, {}
     for name, module in sparse_layers(model).items():
         soft = module.weight_mask.float()
         hard = soft != 0
-        kept = _blocks(hard, module.maxq.M).sum(dim=1)
+        kept = block_nonzeros(hard, module.maxq.M)
         flipped = None
         if previous_hard is not None and name in previous_hard:
             flipped = (hard != previous_hard[name].to(hard.device)).float().mean().item()
@@ -393,7 +400,7 @@ def nm_share(model: nn.Module, stats: dict[str, dict] | None = None) -> float | 
             blocks = module.weight_mask.numel() // module.maxq.M
             nm += round(stats[name]["nm_share"] * blocks)
         else:
-            kept = _blocks(module.weight_mask != 0, module.maxq.M).sum(dim=1)
+            kept = block_nonzeros(module.weight_mask, module.maxq.M)
             blocks = kept.numel()
             nm += int((kept <= module.maxq.N).sum())
         total += blocks
@@ -526,10 +533,7 @@ def format_table(rows: list[dict]) -> str:
         lines.append((r["layer"], r["kind"], "x".join(map(str, r["shape"])),
                       "yes" if r["sparse"] else "no", nm, f"{r['params']:,}", *extra,
                       r["reason"]))
-    widths = [max(len(str(x)) for x in col) for col in zip(cols, *lines)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [fmt.format(*cols), fmt.format(*("-" * w for w in widths))]
-    out += [fmt.format(*line) for line in lines]
+    out = [tabulate(lines, headers=cols, tablefmt="simple", disable_numparse=True)]
     n_sparse = sum(r["sparse"] for r in rows)
     summary = f"{n_sparse} sparse / {len(rows) - n_sparse} dense layers"
     dead = weighted_dead_share(rows) if sized else None
@@ -595,9 +599,8 @@ def check_nm(model: nn.Module, N: int | None = None, M: int | None = None) -> li
         raise ValueError("no sparse layer to check")
     rows, broken = [], []
     for name, weight in weights.items():
-        nonzero = weight != 0
-        max_nz = int(_blocks(nonzero, M).sum(dim=1).max())
-        valid_2to4 = nonzero.shape[1] % 4 == 0 and int(_blocks(nonzero, 4).sum(dim=1).max()) <= 2
+        max_nz = int(block_nonzeros(weight, M).max())
+        valid_2to4 = weight.shape[1] % 4 == 0 and int(block_nonzeros(weight, 4).max()) <= 2
         rows.append({"layer": name, "N": N, "M": M, "max_nonzeros": max_nz,
                      "ok": max_nz <= N, "valid_2to4": bool(valid_2to4)})
         if max_nz > N:

@@ -1,10 +1,10 @@
 """The training loop: ``train(config) -> run_dir``, ``evaluate(config)``, resume and DDP.
 
-Read it top to bottom like torchvision's ``references/classification/train.py``:
-:class:`TrainConfig` (every flag of the seed's ``pruning_train.py`` in snake_case, plus the kit's
-own), then the pieces of one run (device and processes, data, model, optimizer, one epoch of
-training, one pass of evaluation, checkpoints), then :func:`train` and :func:`evaluate`, which
-put them together.
+Read it top to bottom like torchvision's ``references/classification/train.py``: the pieces of
+one run (random states, logging and meters, model and optimizer, one epoch of training, one pass
+of evaluation, the run directory and its checkpoints), then :func:`train` and :func:`evaluate`,
+which put them together. The options are :class:`maxq.config.TrainConfig`; processes, devices and
+synchronised BatchNorm are :mod:`maxq.distributed`.
 
 **Epochs are numbered from 0, as in the seed's logs and the schedules.** Training epoch ``t``
 (``t = 0 .. epochs-1``) runs with the dense fraction ``rho(t)`` of ``maxq.schedules.dense_fraction``
@@ -30,12 +30,11 @@ order and augmentation are functions of ``(seed, epoch, rank)`` in :mod:`maxq.da
 RNGs are reseeded at the start of every epoch), so a run resumed after ``kill -9`` ends with the
 same metrics as an uninterrupted one. Checkpoints also carry the RNG states, restored on resume.
 
-Multi-GPU / multi-process: launched by ``torchrun`` (``WORLD_SIZE > 1``), each process joins the
-process group (nccl on CUDA, gloo on CPU), ``batch_size`` is the GLOBAL batch (each process takes
+Multi-GPU / multi-process: launched by ``torchrun`` (``WORLD_SIZE > 1``, see
+:mod:`maxq.distributed`), ``batch_size`` is the GLOBAL batch (each process takes
 ``batch_size // world_size``), the data are sharded like ``DistributedSampler``, the model is
 wrapped in ``DistributedDataParallel`` and, by default (``sync_bn=None``), BatchNorm statistics are
-synchronised over the processes (``nn.SyncBatchNorm`` on CUDA, an all-reduce BatchNorm on CPU,
-where ``nn.SyncBatchNorm`` does not run) so that K processes compute what one process with the same
+synchronised over the processes so that K processes compute what one process with the same
 global batch computes. Metrics are summed over ranks; only rank 0 writes files. The masks are
 computed on every rank from the same (all-reduced) weights, so they are identical: the final mask
 checksums of all ranks are stored in result.json (``mask_checksums``).
@@ -52,7 +51,6 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -60,323 +58,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torchvision
 from torch import nn
 
-from maxq import records
-
-IMAGENET_SETS = ("ImageNet", "ImageNetDali")
-#: "v2" is accepted for the authors' scripts: in their code it calls a method no layer defines,
-#: i.e. no decay; the kit warns once and trains as with ``--decay 0``
-DECAY_TYPES = ("v1", "v2")
-DEVICES = ("auto", "cpu", "cuda")
-AMP_MODES = ("auto", "bf16", "fp16", "off")
-#: config fields that do not change what a run computes: a resume may differ in these
-NOT_FINGERPRINTED = frozenset({
-    "data", "save_dir", "resume", "overwrite", "evaluate", "workers", "progress", "print_freq",
-    "snapshot_epochs", "study", "row", "device", "channels_last", "deterministic",
-})
+import maxq
+from maxq import data as maxq_data
+from maxq import methods, models, records, schedules, sparse
+from maxq.config import TrainConfig, snapshot_epochs
+from maxq.distributed import (Runtime, all_reduce_sum, barrier, convert_sync_batchnorm,
+                              setup_runtime, teardown_runtime)
 
 
-# ============================================================================ configuration
-@dataclass
-class TrainConfig:
-    """Every option of a run. Seed flags keep their names in snake_case (``--no-bn-decay`` is
-    ``no_bn_decay``) and their defaults; ``None`` means "resolved from the rest" (see
-    :meth:`resolved`)."""
-
-    # data
-    data: str | None = None                  # DATA; optional for FashionMNIST (Debian's files)
-    set: str = "ImageNet"                    # --set
-    image_size: int | None = None            # None: the set's size (224 ImageNet, 32 CIFAR/FMNIST)
-    train_subset: int | None = None          # class-balanced subset sizes (seconds-scale runs)
-    val_subset: int | None = None
-    workers: int = 4                         # --workers / -j
-    lighting: str = "authors"                # ImageNet colour augmentation: authors | pca | none
-    # model and method
-    arch: str = "resnet18"                   # --arch / -a
-    small_input: bool | None = None          # None: the set's choice (True for 32 px sets)
-    width_mult: float = 1.0                  # channel width multiplier (1.0: the paper's nets)
-    conv_bn_type: str = "SoftMaxQConv2DBN"   # --conv-bn-type: the method
-    N: int = 2
-    M: int = 4
-    decay: float = 2e-4                      # SR-STE decay lambda
-    decay_type: str = "v1"
-    increase_start: int = 0                  # incremental window [start, end] in epochs
-    increase_end: int = 90
-    tau: float = 0.01
-    prune_schedule: str = "linear"
-    mask_interval: int = 1                   # recompute masks every k-th step (1: every step)
-    # optimisation
-    epochs: int = 120
-    batch_size: int = 256                    # GLOBAL batch (all processes together)
-    lr: float = 0.1
-    lr_policy: str = "cosine"                # per-epoch cosine | step (x0.1 every 30 epochs)
-    warmup_length: int = 0                   # epochs of linear warm-up
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    no_bn_decay: bool | None = None          # no weight decay on 1-D params (BN, biases);
-                                             # None: True for ImageNet sets (the authors' assert)
-    label_smoothing: float | None = None     # None: 0.1 for ImageNet sets, 0 otherwise
-    seed: int = 0
-    recalibrate_bn: int = 0                  # K > 0: recompute BN statistics from K train
-                                             # batches before every evaluation (0: off)
-    # run directory
-    save_dir: str | None = None              # None: runs/<set>_<arch>_<method>_<N>of<M>_s<seed>
-    resume: bool | str = False               # True: save_dir/checkpoint.pth; or a checkpoint path
-    overwrite: bool = False                  # replace a finished/unfinished run in save_dir
-    evaluate: bool = False                   # only evaluate --pretrained (or the resume checkpoint)
-    pretrained: str | None = None            # weights to start from (or to evaluate)
-    # hardware
-    device: str = "auto"                     # auto | cpu | cuda
-    amp: str = "auto"                        # auto (bf16, else fp16, on CUDA; off on CPU) | bf16
-    #                                          (CUDA or CPU autocast) | fp16 (CUDA only) | off
-    channels_last: bool | None = None        # None: on for CUDA
-    sync_bn: bool | None = None              # None: on when several processes
-    deterministic: bool | None = None        # None: on for CPU
-    # records
-    snapshot_epochs: int | list[int] | None = 10  # every k-th epoch, or a list; + first and last
-    print_freq: int = 100                    # log a seed-style line every k batches
-    progress: bool | None = None             # tqdm bar per epoch; None: when stderr is a terminal
-    study: str | None = None                 # free-form labels, written to config.json
-    row: str | None = None
-
-    # ------------------------------------------------------------------ checks
-    def validate(self) -> "TrainConfig":
-        """Raise ``ValueError`` with one line for the first problem; return ``self``."""
-        from maxq import data as maxq_data, methods, models, schedules
-
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
-        def is_int(v: Any) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        need(self.set in maxq_data.DATASETS,
-             f"unknown --set {self.set!r}; choose one of {', '.join(maxq_data.DATASETS)}")
-        need(self.arch in models.ARCHS,
-             f"unknown --arch {self.arch!r}; choose one of {', '.join(models.ARCHS)}")
-        need(self.conv_bn_type in methods.METHODS,
-             f"unknown --conv-bn-type {self.conv_bn_type!r}; choose one of "
-             f"{', '.join(methods.METHODS)}")
-        need(self.prune_schedule in schedules.SCHEDULES,
-             f"unknown --prune-schedule {self.prune_schedule!r}; choose one of "
-             f"{', '.join(schedules.SCHEDULES)}")
-        for name, value, choices in (("--decay-type", self.decay_type, DECAY_TYPES),
-                                     ("--lr-policy", self.lr_policy, schedules.LR_SCHEDULES),
-                                     ("--device", self.device, DEVICES),
-                                     ("--amp", self.amp, AMP_MODES)):
-            need(value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
-        need(self.lighting in maxq_data.LIGHTINGS,
-             f"unknown --lighting {self.lighting!r}; choose one of "
-             f"{', '.join(maxq_data.LIGHTINGS)}")
-        for name in ("N", "M", "epochs", "batch_size", "print_freq", "mask_interval"):
-            value = getattr(self, name)
-            need(is_int(value) and value >= 1, f"--{name.replace('_', '-')} must be an integer "
-                                               f">= 1; got {value!r}")
-        for name in ("workers", "increase_start", "increase_end", "warmup_length", "seed",
-                     "recalibrate_bn"):
-            value = getattr(self, name)
-            need(is_int(value) and value >= 0, f"--{name.replace('_', '-')} must be an integer "
-                                               f">= 0; got {value!r}")
-        need(self.N <= self.M, f"N must be <= M; got --N {self.N} --M {self.M}")
-        need(self.increase_start <= self.increase_end,
-             f"--increase-start ({self.increase_start}) must be <= --increase-end "
-             f"({self.increase_end})")
-        if methods.METHODS[self.conv_bn_type].incremental:
-            need(self.increase_end <= self.epochs,
-                 f"--increase-end ({self.increase_end}) must be <= --epochs ({self.epochs}) for "
-                 f"the incremental method {self.conv_bn_type}")
-        need(self.warmup_length <= self.epochs,
-             f"--warmup-length ({self.warmup_length}) must be <= --epochs ({self.epochs})")
-        for name in ("lr", "tau", "decay", "weight_decay", "momentum", "label_smoothing"):
-            value = getattr(self, name)       # inf passes "> 0"; nan would fail it unclearly
-            need(not _is_number(value) or math.isfinite(value),
-                 f"--{name.replace('_', '-')} must be a finite number; got {value!r}")
-        for name, lo in (("lr", 0.0), ("tau", 0.0)):
-            value = getattr(self, name)
-            need(_is_number(value) and value > lo, f"--{name} must be > {lo:g}; got {value!r}")
-        for name in ("decay", "weight_decay"):
-            value = getattr(self, name)
-            need(_is_number(value) and value >= 0,
-                 f"--{name.replace('_', '-')} must be >= 0; got {value!r}")
-        need(_is_number(self.momentum) and 0 <= self.momentum < 1,
-             f"--momentum must be in [0, 1); got {self.momentum!r}")
-        need(not (self.nesterov and self.momentum == 0), "--nesterov True needs --momentum > 0")
-        need(_is_number(self.width_mult) and 0 < self.width_mult <= 4,
-             f"--width-mult must be in (0, 4]; got {self.width_mult!r}")
-        need(self.label_smoothing is None
-             or (_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1),
-             f"--label-smoothing must be in [0, 1); got {self.label_smoothing!r}")
-        for name, lo in (("train_subset", 1), ("val_subset", 1), ("image_size", 8)):
-            value = getattr(self, name)
-            need(value is None or (is_int(value) and value >= lo),
-                 f"--{name.replace('_', '-')} must be an integer >= {lo}; got {value!r}")
-        _snapshot_epochs(self.snapshot_epochs, self.epochs)  # raises on a bad value
-        need(isinstance(self.resume, (bool, str, os.PathLike)),
-             f"--resume must be a flag or a checkpoint path; got {self.resume!r}")
-        if self.data not in (None, ""):
-            need(Path(self.data).expanduser().exists(),
-                 f"data directory does not exist: {self.data}")
-        elif self.set not in ("FashionMNIST",):
-            raise ValueError(f"--set {self.set} needs the DATA directory argument")
-        if self.pretrained is not None:
-            need(Path(self.pretrained).expanduser().is_file(),
-                 f"--pretrained checkpoint not found: {self.pretrained}")
-        if self.evaluate:
-            need(self.pretrained is not None or bool(self.resume),
-                 "--evaluate needs --pretrained PATH (or --resume)")
-        if self.device == "cuda":
-            need(torch.cuda.is_available(), "--device cuda but no CUDA device is available")
-        return self
-
-    # ------------------------------------------------------------------ resolution
-    def resolved(self, world_size: int = 1) -> "TrainConfig":
-        """A copy with every ``None``/``auto`` replaced by what the run will use."""
-        from maxq import data as maxq_data
-
-        device = self.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        amp = self.amp
-        if amp == "auto":
-            amp = "off" if device == "cpu" else (
-                "bf16" if torch.cuda.is_bf16_supported() else "fp16")
-        if device == "cpu" and amp == "fp16":
-            raise ValueError("--amp fp16 needs CUDA (float16 autocast with a gradient scaler); on "
-                             "CPU use --amp bf16 (CPU autocast) or --amp off (float32)")
-        resume = self.resume
-        save_dir = self.save_dir
-        if isinstance(resume, (str, os.PathLike)) and not isinstance(resume, bool):
-            resume = str(Path(resume).expanduser())
-            if save_dir is None:
-                save_dir = str(Path(resume).parent)
-        if save_dir is None:
-            save_dir = str(Path("runs") / f"{self.set}_{self.arch}_{self.conv_bn_type}_"
-                                          f"{self.N}of{self.M}_s{self.seed}")
-        snapshots = self.snapshot_epochs
-        return dataclasses.replace(
-            self,
-            label_smoothing=float(self.label_smoothing if self.label_smoothing is not None
-                                  else (0.1 if self.set in IMAGENET_SETS else 0.0)),
-            no_bn_decay=bool(self.set in IMAGENET_SETS if self.no_bn_decay is None
-                             else self.no_bn_decay),
-            small_input=bool(maxq_data.DATASETS[self.set].small_input
-                             if self.small_input is None else self.small_input),
-            device=device, amp=amp,
-            channels_last=bool(device == "cuda" if self.channels_last is None
-                               else self.channels_last),
-            sync_bn=bool(world_size > 1 if self.sync_bn is None else self.sync_bn),
-            deterministic=bool(device == "cpu" if self.deterministic is None
-                               else self.deterministic),
-            snapshot_epochs=list(snapshots) if isinstance(snapshots, (list, tuple)) else snapshots,
-            save_dir=str(save_dir), resume=resume,
-            progress=bool(sys.stderr.isatty() if self.progress is None else self.progress),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The resolved options that change what a run computes (compared on --resume)."""
-        fingerprint = {k: v for k, v in self.to_dict().items() if k not in NOT_FINGERPRINTED}
-        for name, default in (("mask_interval", 1), ("width_mult", 1.0), ("recalibrate_bn", 0),
-                              ("lighting", "authors")):
-            if fingerprint[name] == default:       # the default, unknown to older checkpoints
-                del fingerprint[name]
-        return fingerprint
-
-    @classmethod
-    def from_run(cls, run_dir: str | os.PathLike, **overrides: Any) -> "TrainConfig":
-        """The configuration a run directory was trained with (``config.json``), with overrides."""
-        args = records.read_json(Path(run_dir) / records.CONFIG)["args"]
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{**{k: v for k, v in args.items() if k in known}, **overrides})
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _snapshot_epochs(spec: int | list[int] | None, epochs: int) -> set[int]:
-    """Epochs (0-based) whose masks are saved: ``spec`` (every k-th epoch, i.e. t with
-    (t + 1) % k == 0, or an explicit list), always plus the first and the last epoch."""
-    chosen = {0, epochs - 1}
-    if spec is None or spec == 0:
-        return chosen
-    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool) and spec > 0:
-        return chosen | {t for t in range(epochs) if (t + 1) % int(spec) == 0}
-    if isinstance(spec, (list, tuple)) and all(
-            isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in spec):
-        bad = [t for t in spec if not 0 <= t < epochs]
-        if bad:
-            raise ValueError(f"--snapshot-epochs {bad} outside 0..{epochs - 1} (epochs count "
-                             f"from 0)")
-        return chosen | {int(t) for t in spec}
-    raise ValueError(f"--snapshot-epochs must be a positive integer k (every k-th epoch) or a "
-                     f"list of epochs; got {spec!r}")
-
-
-# ============================================================================ processes, device
-@dataclass
-class Runtime:
-    """Where this process runs: its rank in the process group, its device, its precision."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    amp_dtype: torch.dtype | None = None     # autocast dtype, None when AMP is off
-    owns_group: bool = False                 # this call initialised the process group
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_runtime(device: str, amp: str) -> Runtime:
-    """Join the process group when launched by torchrun (``WORLD_SIZE > 1``), pick the device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda":
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
-    else:
-        dev = torch.device("cpu")
-    owns = False
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
-                                **({"device_id": dev} if dev.type == "cuda" else {}))
-        owns = True
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    return Runtime(rank, world_size, local_rank, dev, amp_dtype, owns)
-
-
-def teardown_runtime(rt: Runtime) -> None:
-    if rt.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def barrier(rt: Runtime) -> None:
-    if rt.distributed:
-        dist.barrier()
-
-
-def all_reduce_sum(rt: Runtime, values: list[float]) -> list[float]:
-    """Sum a few numbers over all processes (float64)."""
-    if not rt.distributed:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=rt.device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
+# ============================================================================ random states
 def seed_everything(seed: int, *parts: int) -> None:
     """Seed python, numpy and torch (all devices) from ``(seed, *parts)``."""
     s = int(np.random.SeedSequence([int(seed), *map(int, parts)]).generate_state(1)[0])
@@ -403,70 +96,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-# ============================================================================ BatchNorm over ranks
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over the process group; the gradient is summed likewise (every rank's loss depends on
-    every rank's input through the statistics)."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        out = tensor.clone()
-        dist.all_reduce(out)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        out = grad.clone()
-        dist.all_reduce(out)
-        return out
-
-
-class _AllReduceBatchNorm:
-    """BatchNorm whose training statistics are all-reduced over the process group (autograd
-    flows through the all-reduce), for the gloo backend where ``nn.SyncBatchNorm`` does not run.
-    Two passes (mean, then centred sum of squares) like a single-process BatchNorm."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and dist.is_initialized()):
-            return super().forward(x)
-        all_reduce = _AllReduceSum.apply
-        dims = [d for d in range(x.dim()) if d != 1]
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        count = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype, device=x.device)
-        total = all_reduce(torch.cat([x.sum(dims), count]))
-        n = total[-1]
-        mean = total[:-1] / n
-        centred = x - mean.view(shape)
-        var = all_reduce((centred * centred).sum(dims)) / n
-        y = centred * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                          else self.momentum)
-                unbiased = var.detach() * (n / (n - 1)).detach()
-                self.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
-                self.running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
-        return y
-
-
-_ALL_REDUCE_BN = {cls: type(f"AllReduce{cls.__name__}", (_AllReduceBatchNorm, cls), {})
-                  for cls in (nn.BatchNorm1d, nn.BatchNorm2d)}
-
-
-def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Synchronise BatchNorm over the process group: ``nn.SyncBatchNorm`` on CUDA, the all-reduce
-    BatchNorm above on CPU. Parameter and buffer names stay, so checkpoints are interchangeable."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for module in model.modules():
-        if type(module) in _ALL_REDUCE_BN:
-            module.__class__ = _ALL_REDUCE_BN[type(module)]
-    return model
 
 
 # ============================================================================ logging
@@ -522,12 +151,28 @@ class Meter:
                 "images": int(round(values[3]))}
 
 
-# ============================================================================ model and optimizer
+# ============================================================================ data, model, optimizer
+def build_loaders(cfg: TrainConfig, rt: Runtime, *, drop_last: bool) -> maxq_data.Loaders:
+    """This process's share of the data: ``batch_size`` is global, each rank takes 1/K of it."""
+    return maxq_data.build_loaders(
+        cfg.set, cfg.data, batch_size=max(1, cfg.batch_size // rt.world_size),
+        workers=cfg.workers, image_size=cfg.image_size, train_subset=cfg.train_subset,
+        val_subset=cfg.val_subset, seed=cfg.seed, distributed=rt.distributed, rank=rt.rank,
+        world_size=rt.world_size, device=str(rt.device), drop_last=drop_last,
+        lighting=cfg.lighting)
+
+
+def place(model: nn.Module, cfg: TrainConfig, rt: Runtime) -> nn.Module:
+    """The model on this process's device, in channels_last when asked; returns it."""
+    model.to(rt.device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def build_model(cfg: TrainConfig, num_classes: int, in_channels: int,
                 pretrained: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Stock architecture, optional dense pretrained weights, then the method's sparse layers."""
-    from maxq import models, sparse
-
     model = models.build(cfg.arch, num_classes, in_channels=in_channels,
                          small_input=bool(cfg.small_input), width_mult=float(cfg.width_mult))
     has_masks = pretrained is not None and any(k.endswith("weight_mask") for k in pretrained)
@@ -589,8 +234,6 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
 
 def dense_fraction(cfg: TrainConfig, epoch: int) -> float:
     """rho(t) of the incremental schedule; 0 for methods that are not incremental."""
-    from maxq import methods, schedules
-
     if not methods.METHODS[cfg.conv_bn_type].incremental:
         return 0.0
     return float(schedules.dense_fraction(epoch, cfg.increase_start, cfg.increase_end,
@@ -598,8 +241,6 @@ def dense_fraction(cfg: TrainConfig, epoch: int) -> float:
 
 
 def learning_rate(cfg: TrainConfig, epoch: int) -> float:
-    from maxq import schedules
-
     return float(schedules.lr_at(float(epoch), cfg.lr, cfg.epochs, cfg.warmup_length,
                                  kind=cfg.lr_policy))
 
@@ -609,8 +250,6 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
                     scaler: torch.amp.GradScaler, loader, *, epoch: int, cfg: TrainConfig,
                     rt: Runtime, log: RunLog, srste: bool) -> dict[str, float]:
     """One pass over the training data; returns loss/top1/top5 (all processes) and timing."""
-    from maxq import sparse
-
     model.train()
     meter = Meter(rt.device)
     steps = len(loader)
@@ -793,9 +432,7 @@ class RunClaim:
         if self.lock is None:
             return
         if (self.run_dir / records.CHECKPOINT).is_file():
-            from maxq.data import DataError
-
-            raise DataError(f"{exc}; the run in {self.run_dir} is kept: fix or remove that file, "
+            raise maxq_data.DataError(f"{exc}; the run in {self.run_dir} is kept: fix or remove that file, "
                             f"then continue it with --resume") from None
         if self.fresh:
             for path in _run_files(self.run_dir):
@@ -870,10 +507,6 @@ def _git_commit() -> dict[str, Any]:
 
 def run_environment(rt: Runtime) -> dict[str, Any]:
     """Versions and device, for config.json."""
-    import torchvision
-
-    import maxq
-
     device = {"type": rt.device.type, "world_size": rt.world_size,
               "amp": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else "off",
               "threads": torch.get_num_threads(), "host": platform.node(),
@@ -895,8 +528,6 @@ def run_environment(rt: Runtime) -> dict[str, Any]:
 
 def mask_checksum(model: nn.Module) -> str:
     """SHA-256 over every sparse layer's stored mask (names in order, float32 bytes)."""
-    from maxq import sparse
-
     digest = hashlib.sha256()
     for name, mask in sorted(sparse.current_masks(model).items()):
         digest.update(name.encode())
@@ -910,8 +541,6 @@ def train(config: TrainConfig) -> Path:
     if config.evaluate:
         evaluate(config)
         return Path(config.resolved().save_dir)
-    from maxq import data as maxq_data, methods, sparse
-
     config.validate()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cfg = config.resolved(world_size)
@@ -935,11 +564,7 @@ def train(config: TrainConfig) -> Path:
         spec = methods.METHODS[cfg.conv_bn_type]
 
         # data (errors surface here, before anything is written)
-        loaders = maxq_data.build_loaders(
-            cfg.set, cfg.data, batch_size=cfg.batch_size // rt.world_size, workers=cfg.workers,
-            image_size=cfg.image_size, train_subset=cfg.train_subset, val_subset=cfg.val_subset,
-            seed=cfg.seed, distributed=rt.distributed, rank=rt.rank, world_size=rt.world_size,
-            device=str(rt.device), drop_last=True, lighting=cfg.lighting)
+        loaders = build_loaders(cfg, rt, drop_last=True)
 
         # model: weights from --pretrained, masks from sparsify, then DDP
         pretrained = read_weights(cfg.pretrained) if cfg.pretrained else None
@@ -951,9 +576,7 @@ def train(config: TrainConfig) -> Path:
             model.load_state_dict(checkpoint["state_dict"])
         if cfg.sync_bn and rt.distributed:
             model = convert_sync_batchnorm(model, rt.device)
-        model.to(rt.device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
+        place(model, cfg, rt)
         model_without_ddp = model
         if rt.distributed:
             # with synchronised BatchNorm every buffer (running statistics, masks) is computed
@@ -1011,7 +634,7 @@ def train(config: TrainConfig) -> Path:
         if not decay_on:
             log(f"WARNING: --decay-type {cfg.decay_type} applies no SR-STE decay (in the authors' "
                 f"code it calls a method no layer defines): this run equals --decay 0")
-        snapshot_at = _snapshot_epochs(cfg.snapshot_epochs, cfg.epochs)
+        snapshot_at = snapshot_epochs(cfg.snapshot_epochs, cfg.epochs)
         sparse.set_mask_interval(model_without_ddp, cfg.mask_interval,
                                  forwards=start_epoch * len(loaders.train))
         started = time.perf_counter()
@@ -1163,8 +786,6 @@ def evaluate(config: TrainConfig, explicit: set[str] | None = None) -> dict[str,
     come from the checkpoint when it stores them (see :func:`adopt_checkpoint_settings`;
     ``explicit``: the fields given on the command line). Writes nothing but log lines (appended
     to ``save_dir/log.txt`` when ``save_dir`` is given)."""
-    from maxq import data as maxq_data, sparse
-
     config.validate()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     cfg = config.resolved(world_size)
@@ -1177,16 +798,9 @@ def evaluate(config: TrainConfig, explicit: set[str] | None = None) -> dict[str,
     rt = setup_runtime(cfg.device, cfg.amp)
     try:
         seed_everything(cfg.seed)
-        loaders = maxq_data.build_loaders(
-            cfg.set, cfg.data, batch_size=max(1, cfg.batch_size // rt.world_size),
-            workers=cfg.workers, image_size=cfg.image_size, train_subset=cfg.train_subset,
-            val_subset=cfg.val_subset, seed=cfg.seed, distributed=rt.distributed, rank=rt.rank,
-            world_size=rt.world_size, device=str(rt.device), drop_last=False)
-        model = build_model(cfg, loaders.spec.num_classes, loaders.spec.in_channels,
-                            read_weights(weights_path))
-        model.to(rt.device)
-        if cfg.channels_last:
-            model.to(memory_format=torch.channels_last)
+        loaders = build_loaders(cfg, rt, drop_last=False)
+        model = place(build_model(cfg, loaders.spec.num_classes, loaders.spec.in_channels,
+                                  read_weights(weights_path)), cfg, rt)
         log = RunLog(Path(config.save_dir) / records.LOG if config.save_dir else None,
                      enabled=rt.is_main)
         log(f"evaluating {weights_path}: {cfg.arch} {cfg.conv_bn_type} {cfg.N}:{cfg.M} on "

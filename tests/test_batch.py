@@ -1,8 +1,8 @@
-"""Studies, row resolution, filters, shards, status table and the runner's refusals (fast: no
-papermill, no training; the end-to-end runs are in test_notebooks.py)."""
+"""The runner: notebooks, status table and the runner's refusals, the command line (fast: no
+papermill, no training; the end-to-end runs are in test_notebooks.py; studies, filters and
+shards: test_studies.py)."""
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from maxq import batch, records
+from maxq import batch, records, studies
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER_TABLE = [  # the seed's table (shared/reference/seed_table.csv), kept here so tests run
@@ -49,164 +49,6 @@ seeds = [3]
 """
 
 
-# ----------------------------------------------------------------------------- studies
-@pytest.mark.parametrize("name", ["paper", "cpu", "ablation", "smoke"])
-def test_every_shipped_study_resolves(name):
-    runs = batch.resolve(name)
-    assert runs and len({r.id for r in runs}) == len(runs)
-    for r in runs:
-        assert r.id == f"{r.table_row}-{r.method}-s{r.seed}"
-        assert batch._SAFE_ID.match(r.id)
-        assert {"arch", "N", "M", "epochs", "set"} <= set(r.params)
-        assert not set(r.params) & set(batch.RUNNER_KEYS)
-
-
-@pytest.mark.parametrize("name", ["paper", "cpu"])
-def test_paper_and_cpu_studies_cover_the_papers_twelve_rows(name):
-    study = batch.load_study(name)
-    rows = [(r["arch"], r["N"], r["M"], r["paper_epochs"], r["paper_top1"], r["paper_top5"])
-            for r in study.rows]
-    assert rows == PAPER_TABLE
-    if name == "paper":
-        assert [r.params["epochs"] for r in batch.resolve("paper")] == [t[3] for t in PAPER_TABLE]
-        assert {r.params["set"] for r in batch.resolve("paper")} == {"ImageNet"}
-        assert {r.method for r in batch.resolve("paper")} == {"SoftMaxQConv2DBN"}
-    else:
-        runs = batch.resolve("cpu")
-        assert {r.params["set"] for r in runs} == {"FashionMNIST"}
-        assert {r.method for r in runs} == {"DenseConv2dBN", "SoftMaxQConv2DBN",
-                                            "SoftSRSTEConv2dBN"}
-        assert len(runs) == 36
-        for r in runs:   # the incremental window lies inside the epochs
-            assert r.params["increase_end"] <= r.params["epochs"]
-
-
-def test_paper_table_matches_the_shared_reference_when_present():
-    table = Path(__file__).resolve().parents[2] / "shared" / "reference" / "seed_table.csv"
-    if not table.exists():
-        pytest.skip("shared/ not present in this checkout")
-    with open(table, newline="") as handle:
-        ref = [(r["arch"], int(r["N"]), int(r["M"]), int(r["epochs"]), float(r["top1"]),
-                float(r["top5"])) for r in csv.DictReader(handle)]
-    assert ref == PAPER_TABLE
-
-
-def test_ablation_study_arms_and_seeds():
-    runs = batch.resolve("ablation")
-    assert {r.seed for r in runs} == {0, 1, 2}
-    groups: dict[str, set[str]] = {}
-    for r in runs:
-        assert (r.params["arch"], r.params["N"], r.params["M"]) == ("resnet18", 1, 16)
-        for group, arm in r.arms.items():
-            groups.setdefault(group, set()).add(arm)
-    assert groups["method"] == {"SR-STE", "hard-axis MaxQ", "authors' V1",
-                                "soft-axis, no incremental", "full MaxQ"}
-    assert groups["schedule"] == {"linear", "cos", "exp", "cubic"}
-    assert groups["selection"] == {"smallest", "largest", "random"}
-    from maxq import methods, schedules
-
-    for r in runs:
-        assert r.method in methods.METHODS
-        assert r.params["prune_schedule"] in schedules.SCHEDULES
-
-
-def test_study_options_are_training_options():
-    from dataclasses import fields
-
-    from maxq.train import TrainConfig
-
-    known = {f.name for f in fields(TrainConfig)}
-    for name in batch.available_studies():
-        for r in batch.expand(name):
-            assert set(r.params) <= known, (name, set(r.params) - known)
-
-
-def test_expand_methods_seeds_and_overrides(tmp_path):
-    path = write_study(tmp_path / "tiny.toml", TINY)
-    runs = batch.expand(path)
-    assert [r.id for r in runs] == [
-        "resnet18-2of4-SoftMaxQConv2DBN-s0", "resnet18-2of4-SoftMaxQConv2DBN-s1",
-        "resnet18-2of4-SoftSRSTEConv2dBN-s0", "resnet18-2of4-SoftSRSTEConv2dBN-s1",
-        "mbv1-SoftMaxQConv2DBN-s3", "mbv1-SoftSRSTEConv2dBN-s3"]
-    assert runs[0].paper == {"paper_top1": 70.0} and runs[-1].paper == {}
-    assert runs[0].study == "tiny"
-    params = runs[0].parameters(tmp_path / "runs")
-    assert params["study"] == "tiny" and params["row"] == runs[0].id
-    assert params["conv_bn_type"] == "SoftMaxQConv2DBN" and params["seed"] == 0
-    assert params["save_dir"] == str(tmp_path / "runs" / "tiny" / runs[0].id)
-    opts = batch.expand(path, options={"epochs": 3})
-    assert {r.params["epochs"] for r in opts} == {3}
-
-
-@pytest.mark.parametrize("text, message", [
-    ("[[rows]]\narch='resnet18'\nN=2\nM=4\nseed=1\n", "set by the batch runner"),
-    ("[study]\nmethods=[]\n[[rows]]\nid='a'\n", "non-empty list"),
-    ("[study]\n", "has no [[rows]]"),
-    ("[[rows]]\nid='a b'\n", "not filesystem-safe"),
-    ("[[rows]]\nid='a'\n[[rows]]\nid='a'\n", "duplicate row id"),
-    ("[[rows]]\narch='resnet18'\n", "needs an 'id' or arch, N and M"),
-    ("[other]\n[[rows]]\nid='a'\n", "unknown top-level"),
-    ("[[rows]\n", "not valid TOML"),
-])
-def test_bad_study_files_are_refused_clearly(tmp_path, text, message):
-    path = write_study(tmp_path / "bad.toml", text)
-    with pytest.raises(batch.StudyError, match=None) as info:
-        batch.resolve(path)
-    assert message in str(info.value)
-
-
-def test_unknown_study_names_the_known_ones():
-    with pytest.raises(batch.StudyError) as info:
-        batch.resolve("smok")
-    text = str(info.value)
-    assert "unknown study 'smok'" in text and "smoke" in text and "did you mean 'smoke'" in text
-    with pytest.raises(batch.StudyError, match="does not exist"):
-        batch.resolve("no/such/study.toml")
-
-
-# ----------------------------------------------------------------------------- filters, shards
-def test_row_filters():
-    ids = lambda f: [r.id for r in batch.resolve("cpu", rows=f)]  # noqa: E731
-    assert ids("resnet50-2of4") == ["resnet50-2of4-DenseConv2dBN-s0",
-                                    "resnet50-2of4-SoftSRSTEConv2dBN-s0",
-                                    "resnet50-2of4-SoftMaxQConv2DBN-s0"]
-    assert len(ids("resnet50*")) == 12
-    assert all("SRSTE" in i for i in ids("*SRSTE*")) and len(ids("*SRSTE*")) == 12
-    assert ids("resnet34-1of4-SoftMaxQConv2DBN-s0") == ["resnet34-1of4-SoftMaxQConv2DBN-s0"]
-    assert len(ids("resnet34-1of4, mobilenet_v1*")) == 9
-
-
-def test_unknown_filter_is_an_error():
-    with pytest.raises(batch.StudyError) as info:
-        batch.resolve("cpu", rows="resnet51*")
-    assert "matches no run" in str(info.value) and "resnet50-2of4" in str(info.value)
-    with pytest.raises(batch.StudyError, match="did you mean"):
-        batch.resolve("cpu", rows="resnet50-2of5")
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 5, 24, 30])
-def test_shards_are_disjoint_and_complete(n):
-    everything = [r.id for r in batch.resolve("cpu")]
-    shards = [[r.id for r in batch.resolve("cpu", shard=f"{i}/{n}")] for i in range(1, n + 1)]
-    flat = [i for s in shards for i in s]
-    assert sorted(flat) == sorted(everything) and len(flat) == len(set(flat))
-    sizes = [len(s) for s in shards]
-    assert max(sizes) - min(sizes) <= 1
-
-
-def test_shards_split_after_filtering():
-    picked = {r.id for r in batch.resolve("cpu", rows="resnet50*")}
-    shards = [{r.id for r in batch.resolve("cpu", rows="resnet50*", shard=f"{i}/3")}
-              for i in (1, 2, 3)]
-    assert set().union(*shards) == picked and sum(map(len, shards)) == len(picked)
-
-
-@pytest.mark.parametrize("spec", ["0/3", "4/3", "1/0", "a/b", "1-3", "2"])
-def test_bad_shard_specs(spec):
-    with pytest.raises(batch.StudyError, match="shard"):
-        batch.resolve("cpu", shard=spec)
-
-
 # ----------------------------------------------------------------------------- notebooks
 def test_shipped_notebooks_have_parameters_cells():
     for name in ("row.ipynb", "report.ipynb", "masks.ipynb"):
@@ -214,16 +56,22 @@ def test_shipped_notebooks_have_parameters_cells():
 
 
 def test_row_notebook_parameters_cover_every_training_option():
+    import ast
     from dataclasses import fields
 
-    from maxq.train import TrainConfig
+    from maxq.config import TrainConfig
 
     params = batch.notebook_parameters(ROOT / "notebooks" / "row.ipynb")
     assert set(params) == {f.name for f in fields(TrainConfig)}
+    # ... with the config's defaults ...
+    wrong = {f.name: params[f.name] for f in fields(TrainConfig)
+             if ast.literal_eval(params[f.name]) != f.default}
+    assert not wrong, wrong
     # ... and the notebook hands every one of them to TrainConfig
+    namespace = {name: ast.literal_eval(text) for name, text in params.items()}
+    assert TrainConfig.from_parameters(namespace) == TrainConfig()
     source = (ROOT / "notebooks" / "row.ipynb").read_text()
-    missing = [f.name for f in fields(TrainConfig) if f'"    {f.name}={f.name},\\n"' not in source]
-    assert not missing, missing
+    assert "config = TrainConfig.from_parameters(globals())" in source
 
 
 def test_notebook_without_parameters_cell(tmp_path):
@@ -247,7 +95,7 @@ def test_batch_with_a_notebook_without_parameters_records_every_row(tmp_path, ca
     result = batch.run_batch("smoke", runs=tmp_path / "runs", notebook=path, report=False,
                              progress=False)
     assert not result.ok and len(result.failed) == 4
-    status = batch.read_status("smoke", tmp_path / "runs")
+    status = studies.read_status("smoke", tmp_path / "runs")
     assert {line["state"] for line in status.values()} == {"failed"}
     assert all("no cell tagged 'parameters'" in line["error"] for line in status.values())
     assert "no cell tagged 'parameters'" in capsys.readouterr().out
@@ -260,16 +108,16 @@ def test_status_table_is_rewritten_atomically_and_merged(tmp_path):
     table.update("b", state="failed", error="boom", seconds=1.25)
     again = batch.StatusTable("s", tmp_path)
     again.update("a", state="done", seconds=3.0)
-    lines = batch.read_status("s", tmp_path)
+    lines = studies.read_status("s", tmp_path)
     assert list(lines) == ["a", "b"]
     assert lines["a"]["state"] == "done" and lines["a"]["seconds"] == "3.0"
     assert lines["b"]["error"] == "boom" and lines["b"]["seconds"] == "1.2"
     header = (tmp_path / "s" / "status.csv").read_text().splitlines()[0].split(",")
-    assert header == list(batch.STATUS_COLUMNS)
+    assert header == list(studies.STATUS_COLUMNS)
     assert not [p for p in (tmp_path / "s").iterdir() if p.name.endswith(".tmp")]
 
 
-def fake_finished_run(row: batch.Row, root: Path, **changes) -> Path:
+def fake_finished_run(row: studies.Row, root: Path, **changes) -> Path:
     run_dir = row.run_dir(root)
     args = {**row.parameters(root), **changes}
     records.write_json(run_dir / records.CONFIG, {"args": args})
@@ -279,7 +127,7 @@ def fake_finished_run(row: batch.Row, root: Path, **changes) -> Path:
 
 def test_finished_runs_are_skipped_and_foreign_ones_refused(tmp_path):
     path = write_study(tmp_path / "tiny.toml", TINY)
-    runs = batch.expand(path)
+    runs = studies.expand(path)
     root = tmp_path / "runs"
     fake_finished_run(runs[0], root)
     fake_finished_run(runs[1], root, epochs=7, device="cuda")   # device is not compared
@@ -296,7 +144,7 @@ def test_finished_runs_are_skipped_and_foreign_ones_refused(tmp_path):
 
 def test_unfinished_runs_are_restarted(tmp_path):
     path = write_study(tmp_path / "tiny.toml", TINY)
-    row = batch.expand(path)[0]
+    row = studies.expand(path)[0]
     records.write_json(row.run_dir(tmp_path) / records.CONFIG, {"args": {}})
     assert batch._prepare(row, tmp_path, False, None) == ("run", "", {"overwrite": True})
 
@@ -308,7 +156,7 @@ def test_unknown_option_fails_only_its_row(tmp_path):
                              report=False, progress=False)
     (outcome,) = result.outcomes
     assert outcome.state == "failed" and "'epoch' (did you mean 'epochs'?)" in outcome.error
-    line = batch.read_status("tiny", tmp_path / "runs")["mbv1-SoftMaxQConv2DBN-s3"]
+    line = studies.read_status("tiny", tmp_path / "runs")["mbv1-SoftMaxQConv2DBN-s3"]
     assert line["state"] == "failed" and "unknown training option" in line["error"]
 
 
@@ -359,5 +207,5 @@ def test_kernel_environment_splits_threads(monkeypatch):
 
 
 def test_status_columns_documented():
-    assert batch.STATUS_COLUMNS[:6] == ("row", "state", "seconds", "error", "run_dir", "notebook")
-    assert json.loads(json.dumps(list(batch.STATES)))
+    assert studies.STATUS_COLUMNS[:6] == ("row", "state", "seconds", "error", "run_dir", "notebook")
+    assert json.loads(json.dumps(list(studies.STATES)))

@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 
 from maxq import data as md
+from maxq.data import readers
 from maxq.data import DataError, build_loaders, write_imagefolder
 
 FMNIST = md.DEBIAN_FASHION_MNIST
 needs_fmnist = pytest.mark.skipif(
-    md._fmnist_dir(FMNIST) is None, reason=f"Fashion-MNIST IDX files not installed at {FMNIST}")
+    readers._fmnist_dir(FMNIST) is None, reason=f"Fashion-MNIST IDX files not installed at {FMNIST}")
 
 try:
     import nvidia.dali  # noqa: F401
@@ -40,7 +41,7 @@ def denorm(x: torch.Tensor, mean, std) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     """10 classes x 8 train / 3 val RGB JPEGs of 64 px from Fashion-MNIST."""
-    if md._fmnist_dir(FMNIST) is None:
+    if readers._fmnist_dir(FMNIST) is None:
         pytest.skip("Fashion-MNIST not installed")
     root = tmp_path_factory.mktemp("tree")
     return write_imagefolder(root, n_train_per_class=8, n_val_per_class=3, size=64, seed=0)
@@ -181,12 +182,12 @@ def test_find_fashion_mnist_in_data_dir_and_idx_parsing(tmp_path, gz):
 
 
 def test_fashion_mnist_nowhere_is_one_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(md, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
+    monkeypatch.setattr(readers, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
 
     def offline(root):
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(md, "_download_fashion_mnist", offline)
+    monkeypatch.setattr(readers, "_download_fashion_mnist", offline)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError) as e:
         md.find_fashion_mnist(tmp_path / "empty")

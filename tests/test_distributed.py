@@ -32,7 +32,7 @@ from torch import nn
 from maxq import records
 from maxq.data import write_imagefolder
 from maxq.models import build
-from maxq.train import convert_sync_batchnorm
+from maxq.distributed import convert_sync_batchnorm
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from maxq import batch, data, models, sparse
+from maxq import data, models, sparse, studies
 
 CPU_STUDIES = ("cpu", "claims", "ablation", "smoke")
 
@@ -47,7 +47,7 @@ def test_dead_weight_share_matches_zero_gradients():
 def test_every_row_of_the_cpu_studies_exercises_its_sparse_weights(study):
     """<= 5 % of the sparse weights of every row may be dead at the row's input size."""
     seen = set()
-    for run in batch.expand(study):
+    for run in studies.expand(study):
         p = run.params
         key = (p["arch"], p.get("N"), p.get("M"), p.get("small_input"), p.get("width_mult", 1.0),
                p.get("image_size"))
@@ -69,8 +69,8 @@ def test_every_row_of_the_cpu_studies_exercises_its_sparse_weights(study):
 
 @pytest.mark.parametrize("study", ["cpu", "claims"])
 def test_rows_have_a_dense_baseline_and_claims_have_seeds(study):
-    spec = batch.load_study(study)
-    runs = batch.expand(spec)
+    spec = studies.load_study(study)
+    runs = studies.expand(spec)
     methods = {r.method for r in runs}
     assert "DenseConv2dBN" in methods
     if spec.claims:
@@ -84,12 +84,13 @@ def test_claims_in_a_study_file_are_checked(tmp_path):
     bad.write_text('[defaults]\narch = "resnet18"\nN = 2\nM = 4\n[[rows]]\nid = "a"\n'
                    '[[claims]]\nclaim = "x"\nrow_a = "a"\nmethod_a = "m"\nrow_b = "zz"\n'
                    'method_b = "m"\n')
-    with pytest.raises(batch.StudyError, match="row_b 'zz' is not a row id"):
-        batch.load_study(bad)
+    with pytest.raises(studies.StudyError, match="row_b 'zz' is not a row id"):
+        studies.load_study(bad)
 
 
 def test_recalibrate_batchnorm_averages_batch_statistics_and_leaves_masks_alone():
-    from maxq.train import Runtime, recalibrate_batchnorm
+    from maxq.distributed import Runtime
+    from maxq.train import recalibrate_batchnorm
 
     torch.manual_seed(0)
     model = models.build("mobilenet_v3_small", 10, in_channels=1, small_input=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maxq import batch, executors, records
+from maxq import batch, executors, records, studies
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -46,14 +46,14 @@ def test_slurm_time_limits(text, expected):
     ({"partition": 3}, "partition must be a string"),
 ])
 def test_bad_slurm_tables_are_refused(tmp_path, table, message):
-    with pytest.raises(batch.StudyError, match=None) as info:
+    with pytest.raises(studies.StudyError, match=None) as info:
         executors.SlurmOptions.from_table(table)
     assert message in str(info.value)
     lines = [f"{k} = {v!r}".replace("'", '"') for k, v in table.items()]
     study = tmp_path / "s.toml"
     study.write_text("[slurm]\n" + "\n".join(lines) + "\n[[rows]]\nid = 'a'\n")
-    with pytest.raises(batch.StudyError) as info:
-        batch.load_study(study)
+    with pytest.raises(studies.StudyError) as info:
+        studies.load_study(study)
     assert message in str(info.value) and "[slurm]" in str(info.value)
 
 
@@ -76,7 +76,7 @@ def test_scheduler_states_in_the_status_tables_words():
     assert executors.job_state("COMPLETED", started + [{"event": "done"}]) == "done"
     assert executors.job_state("CANCELLED by 42", started) == "failed"
     assert executors.job_state("TIMEOUT", []) == "failed"
-    assert set(executors.SCHEDULER_STATES) <= set(batch.STATES)
+    assert set(executors.SCHEDULER_STATES) <= set(studies.STATES)
 
 
 # ----------------------------------------------------------------------------- slurm (no sbatch)
@@ -158,9 +158,9 @@ def test_smoke_study_through_the_local_executor(local_smoke):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "4 done, 0 skipped, 0 failed" in done.stdout
     assert (reports / "smoke" / "report.html").exists()
-    lines = batch.read_status("smoke", runs)
-    assert [line["row"] for line in lines.values()] == [r.id for r in batch.resolve("smoke")]
-    for row in batch.resolve("smoke"):
+    lines = studies.read_status("smoke", runs)
+    assert [line["row"] for line in lines.values()] == [r.id for r in studies.resolve("smoke")]
+    for row in studies.resolve("smoke"):
         line = lines[row.id]
         assert line["state"] == "done" and line["executor"] == "submitit-local"
         assert line["job_state"] == "FINISHED" and line["attempts"] == "1"
@@ -186,7 +186,7 @@ def test_status_prints_the_table_without_launching(local_smoke):
     assert shown.returncode == 0, shown.stderr
     header, *rows = shown.stdout.splitlines()[:5]
     assert header.split() == list(executors.STATUS_VIEW)
-    for row, line in zip(batch.resolve("smoke"), rows):
+    for row, line in zip(studies.resolve("smoke"), rows):
         cells = line.split()
         assert cells[:3] == [row.id, "done", "submitit-local"] and cells[4] == "FINISHED"
     assert "4 run(s) of study 'smoke': 4 done" in shown.stdout
@@ -210,7 +210,7 @@ def test_rerun_skips_done_runs_and_submits_nothing(local_smoke):
     assert again.returncode == 0, again.stderr
     assert "0 to run, 4 already finished" in again.stdout and "submitted" not in again.stdout
     assert sorted(p.name for p in (runs / "smoke" / "jobs").iterdir()) == jobs
-    assert {line["state"] for line in batch.read_status("smoke", runs).values()} == {"skipped"}
+    assert {line["state"] for line in studies.read_status("smoke", runs).values()} == {"skipped"}
 
 
 PREEMPT_STUDY = """
@@ -270,12 +270,12 @@ def test_preempted_job_is_requeued_and_ends_like_an_uninterrupted_run(tmp_path):
                                          "--runs-root", str(tmp_path / "killed"), *common),
                               cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
-    (row,) = batch.resolve(study)
+    (row,) = studies.resolve(study)
     run_dir = row.run_dir(tmp_path / "killed")
     log = run_dir / records.LOG
     _wait_for(lambda: log.exists() and "Epoch: [1][2/4]" in log.read_text(), victim,
               "the middle of epoch 1")
-    line = batch.read_status("preempt", tmp_path / "killed")[row.id]
+    line = studies.read_status("preempt", tmp_path / "killed")[row.id]
     assert line["state"] == "running" and line["executor"] == "submitit-local"
     job_id = int(line["job_id"])
     (task,) = _children(job_id)             # the local controller's one task
@@ -289,7 +289,7 @@ def test_preempted_job_is_requeued_and_ends_like_an_uninterrupted_run(tmp_path):
     events = executors.read_events(tmp_path / "killed" / "preempt" / "jobs" / str(job_id))
     assert [e["event"] for e in events] == ["running", "requeued", "running", "done"]
     assert [e.get("resume") for e in events if e["event"] == "running"] == [False, True]
-    line = batch.read_status("preempt", tmp_path / "killed")[row.id]
+    line = studies.read_status("preempt", tmp_path / "killed")[row.id]
     assert (line["state"], line["job_id"], line["attempts"]) == ("done", str(job_id), "2")
     text = log.read_text()
     assert "resuming" in text and "at epoch 1" in text
@@ -322,5 +322,5 @@ def test_two_tasks_per_run_train_one_ddp_run(tmp_path):
     run = records.read_run(tmp_path / "smoke" / row)
     assert run["result"]["world_size"] == 2 and run["config"]["device"]["world_size"] == 2
     assert len(set(run["result"]["mask_checksums"])) == 1
-    job = tmp_path / "smoke" / "jobs" / batch.read_status("smoke", tmp_path)[row]["job_id"]
+    job = tmp_path / "smoke" / "jobs" / studies.read_status("smoke", tmp_path)[row]["job_id"]
     assert (job / "rank1_row.ipynb").exists() and not (tmp_path / "smoke" / row / "rank1_row.ipynb").exists()

@@ -1,4 +1,5 @@
-"""maxq.export: cost accounting, torchvision / ONNX export, refusals, 2:4 kernels on CPU, INT8."""
+"""maxq.export: torchvision / ONNX export, refusals, 2:4 kernels on CPU, INT8 (the cost counts:
+test_cost.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,72 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from maxq import data, export as ex, models, records, sparse
+from maxq import data, export as ex, int8, kernels24, models, records, sparse
 
 ARCH = "resnet18"
-
-
-# ----------------------------------------------------------------------------- cost (§10)
-@pytest.fixture(scope="module")
-def resnet50():
-    return models.build("resnet50")
-
-
-@pytest.mark.parametrize("nm, gflops, mparams", [
-    (None, 4.11, 25.56), ((2, 4), 2.12, 13.83), ((1, 4), 1.13, 7.97), ((2, 8), 1.13, 7.97),
-    ((1, 16), 0.38, 3.58),
-])
-def test_cost_reproduces_paper_resnet50_figures(resnet50, nm, gflops, mparams):
-    N, M = nm or (None, None)
-    report = ex.cost(resnet50, (3, 224, 224), N, M)
-    assert round(report.dense_flops / 1e9, 2) == 4.11
-    assert round(report.dense_params / 1e6, 2) == 25.56
-    assert round(report.sparse_flops / 1e9, 2) == gflops
-    assert round(report.sparse_params / 1e6, 2) == mparams
-    # every parameter counted exactly once
-    assert report.dense_params == sum(p.numel() for p in resnet50.parameters())
-
-
-def test_cost_layers_follow_the_policy(resnet50):
-    report = ex.cost(resnet50, 224, 2, 4)
-    table = report.table()
-    by_name = {r["layer"]: r for r in report.layers}
-    assert not by_name["conv1"]["sparse"] and not by_name["fc"]["sparse"]
-    assert by_name["layer1.0.downsample.0"]["sparse"]
-    assert by_name["layer1.0.conv2"]["sparse_flops"] * 2 == by_name["layer1.0.conv2"]["dense_flops"]
-    assert by_name["bn1"]["sparse_flops"] == by_name["bn1"]["dense_flops"] == 64 * 112 * 112
-    assert int(table["sparse"].sum()) == 53 - 1  # every conv but the stem
-    assert report.totals()["flops_ratio"] == pytest.approx(report.sparse_flops / report.dense_flops)
-
-
-def test_cost_table_for_the_report(resnet50):
-    table = ex.cost_table(resnet50, (3, 224, 224))
-    assert list(table["pattern"]) == ["dense", "2:4", "1:4", "2:8", "1:16"]
-    assert list(table["gflops"].round(2)) == [4.11, 2.12, 1.13, 1.13, 0.38]
-    assert list(table["mparams"].round(2)) == [25.56, 13.83, 7.97, 7.97, 3.58]
-    assert list(table["valid_2to4"]) == [False, True, True, True, True]
-
-
-def test_cost_same_for_sparsified_folded_and_stock_model():
-    stock = models.build(ARCH, 10, 1, True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        sparsified = sparse.sparsify(models.build(ARCH, 10, 1, True), "SoftSRSTEConv2dBN", 1, 8)
-    folded = sparse.fold(sparsified)
-    a = ex.cost(stock, (1, 32, 32), 1, 8).totals()
-    b = ex.cost(sparsified, (1, 32, 32)).totals()
-    c = ex.cost(folded, (1, 32, 32)).totals()
-    assert a == b == c
-    assert ex.cost(stock, (1, 32, 32)).sparse_flops == a["dense_flops"]  # no N:M: dense
-    assert sparsified.training  # mode restored
-
-
-def test_cost_mobilenet_keeps_depthwise_dense():
-    report = ex.cost(models.build("mobilenet_v1"), 224, 2, 4)
-    rows = {r["layer"]: r for r in report.layers}
-    assert not rows["features.1.0.0"]["sparse"] and "depthwise" in rows["features.1.0.0"]["kind"]
-    assert rows["features.1.1.0"]["sparse"]
-    assert report.sparse_flops < report.dense_flops
 
 
 # ----------------------------------------------------------------------------- run fixtures
@@ -88,7 +26,7 @@ def _write_run(root: Path, *, method: str = "SoftMaxQConv2DBN", N: int = 2, M: i
     MaxQ-like soft mask S = B ⊙ (1 + U[0, 2)) (``mask="soft"``) or an all-ones mask that is not
     N:M (``"dense"``)."""
     from maxq.methods import get as get_method
-    from maxq.train import TrainConfig
+    from maxq.config import TrainConfig
 
     cfg = TrainConfig(set="FashionMNIST", arch=arch, conv_bn_type=method, N=N, M=M, epochs=1,
                       increase_end=0, image_size=16, save_dir=str(root), device="cpu").resolved()
@@ -130,7 +68,8 @@ def soft_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A real (tiny) run of maxq.train: Fashion-MNIST, 128 training images, one epoch, 2:4."""
-    from maxq.train import TrainConfig, train
+    from maxq.config import TrainConfig
+    from maxq.train import train
 
     try:
         data.find_fashion_mnist(None, download=False)
@@ -317,20 +256,20 @@ def test_sparse24_on_cpu_explains_and_exits_0(soft_run, capsys):
     from maxq.cli import main
 
     assert main(["export", str(soft_run), "--format", "sparse24"]) == 0
-    assert ex.SPARSE24_CPU_MESSAGE in capsys.readouterr().out
+    assert kernels24.SPARSE24_CPU_MESSAGE in capsys.readouterr().out
     assert not (soft_run / "export" / "sparse24.json").exists()
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "sparse_kernels.py"
     spec = importlib.util.spec_from_file_location("sparse_kernels_bench", script)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.main([]) == 0
-    assert ex.SPARSE24_CPU_MESSAGE in capsys.readouterr().out
+    assert kernels24.SPARSE24_CPU_MESSAGE in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not ex.sparse24_support()[0], reason="needs an NVIDIA GPU with CC >= 8.0")
+@pytest.mark.skipif(not kernels24.sparse24_support()[0], reason="needs an NVIDIA GPU with CC >= 8.0")
 def test_sparse24_kernels_match_dense_on_gpu(trained_export):
     stock = _stock_from(trained_export.out, in_channels=1, small_input=True)
-    report = ex.sparse24_check(stock, trained_export.loaded, batch_sizes=(8,),
+    report = kernels24.sparse24_check(stock, trained_export.loaded, batch_sizes=(8,),
                                dtypes=(torch.float16,), log=_quiet)
     assert report["rows"][0]["converted_layers"] >= 3  # the 1x1 downsample convs
     assert report["rows"][0]["max_rel_diff"] < 2e-2
@@ -341,7 +280,7 @@ def test_int8_keeps_top1_and_nm(trained_export):
     stock = _stock_from(trained_export.out, in_channels=1, small_input=True)
     loaders = data.build_loaders("FashionMNIST", None, batch_size=32, image_size=16,
                                  train_subset=32, val_subset=64, drop_last=False)
-    report = ex.evaluate_int8(stock, loaders.train, loaders.val, N=2, M=4,
+    report = int8.evaluate_int8(stock, loaders.train, loaders.val, N=2, M=4,
                               num_calibration_batches=1)
     assert report["eval_images"] == 64
     assert abs(report["drop"]) <= 10.0

@@ -14,7 +14,8 @@ from torch import nn
 
 from maxq import data, masks, methods, models, records, schedules, sparse
 from maxq.cli import build_parser, config_from_args
-from maxq.train import TrainConfig, build_optimizer, train
+from maxq.config import TrainConfig
+from maxq.train import build_optimizer, train
 
 
 # ----------------------------------------------------------------------------- stored masks
@@ -250,9 +251,9 @@ def test_resnet18_small_input_is_the_authors_c_resnet18():
 
 # ----------------------------------------------------------------------------- paper studies
 def test_paper_scripts_study_is_the_authors_window():
-    from maxq import batch
+    from maxq import studies
 
-    readme, scripts = batch.expand("paper"), batch.expand("paper-scripts")
+    readme, scripts = studies.expand("paper"), studies.expand("paper-scripts")
     assert len(readme) == len(scripts) == 12
     assert [r.table_row for r in readme] == [r.table_row for r in scripts]
     for run in scripts:
@@ -264,9 +265,9 @@ def test_paper_scripts_study_is_the_authors_window():
 
 
 def test_paper_cifar100_study_is_the_authors_grid():
-    from maxq import batch
+    from maxq import studies
 
-    runs = batch.expand("paper-cifar100")
+    runs = studies.expand("paper-cifar100")
     ratios = {(r.params["N"], r.params["M"]) for r in runs}
     assert ratios == {(1, 4), (1, 8), (1, 16), (2, 4), (2, 8), (2, 16), (4, 8), (4, 16), (8, 16)}
     windows = {(r.params["increase_start"], r.params["increase_end"]) for r in runs

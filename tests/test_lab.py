@@ -56,7 +56,8 @@ def free_port() -> int:
 def two_runs(tmp_path_factory):
     """Two tiny real training runs of different architectures: one of a study
     (<root>/browser/<run>/) and one single run (<root>/<name>/), 2 snapshot epochs each."""
-    from maxq.train import TrainConfig, train
+    from maxq.config import TrainConfig
+    from maxq.train import train
 
     root = tmp_path_factory.mktemp("lab-runs")
     common = dict(set="FashionMNIST", conv_bn_type="SoftMaxQConv2DBN", N=2, M=4, image_size=16,

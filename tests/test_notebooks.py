@@ -14,7 +14,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from maxq import batch, plots, records, results
+from maxq import batch, plots, records, results, studies
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -62,7 +62,7 @@ def test_smoke_status_table(smoke):
     runs, _, _, _ = smoke
     with open(runs / "smoke" / "status.csv", newline="") as handle:
         lines = list(csv.DictReader(handle))
-    assert [line["row"] for line in lines] == [r.id for r in batch.resolve("smoke")]
+    assert [line["row"] for line in lines] == [r.id for r in studies.resolve("smoke")]
     for line in lines:
         assert line["state"] == "done" and line["error"] == "" and float(line["seconds"]) > 0
         assert line["attempts"] == "1"
@@ -73,7 +73,7 @@ def test_smoke_status_table(smoke):
 
 def test_smoke_row_notebooks_ran_in_the_venv_kernel(smoke):
     runs, _, _, _ = smoke
-    for row in batch.resolve("smoke"):
+    for row in studies.resolve("smoke"):
         folder = runs / "smoke" / row.id
         text = outputs_text(folder / "row.ipynb")
         assert f"kernel python: {sys.executable}" in text
@@ -139,7 +139,7 @@ def test_smoke_rerun_skips_everything(smoke):
         text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "0 done, 4 skipped, 0 failed" in done.stdout
-    lines = batch.read_status("smoke", runs)
+    lines = studies.read_status("smoke", runs)
     assert {line["state"] for line in lines.values()} == {"skipped"}
     assert all(float(line["seconds"]) > 0 for line in lines.values())   # kept from the run
 
@@ -241,7 +241,7 @@ def test_a_failing_row_does_not_stop_the_others_and_is_retried_alone(tmp_path, c
     result = batch.run_batch(study, runs=runs, report=False, progress=False)
     states = {o.row.table_row: o.state for o in result.outcomes}
     assert states == {"good": "done", "broken": "failed"}
-    status = batch.read_status("failing", runs)
+    status = studies.read_status("failing", runs)
     broken = status["broken-SoftMaxQConv2DBN-s0"]
     assert broken["state"] == "failed" and "N must be <= M" in broken["error"]
     assert "\n" not in broken["error"] and broken["attempts"] == "1"
@@ -254,7 +254,7 @@ def test_a_failing_row_does_not_stop_the_others_and_is_retried_alone(tmp_path, c
     result = batch.run_batch(study, runs=runs, report=False, progress=False)
     states = {o.row.table_row: o.state for o in result.outcomes}
     assert states == {"good": "skipped", "broken": "failed"}
-    status = batch.read_status("failing", runs)
+    status = studies.read_status("failing", runs)
     assert status["broken-SoftMaxQConv2DBN-s0"]["attempts"] == "2"
     assert status["good-SoftMaxQConv2DBN-s0"]["state"] == "skipped"
 

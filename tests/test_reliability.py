@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maxq import batch, cli, records
+from maxq import batch, cli, records, studies
 from maxq.data import DataError, build_loaders, write_imagefolder
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +93,7 @@ def test_second_batch_of_a_study_is_refused(tmp_path):
     try:
         pid_file = runs / "sleepy" / "r-SoftMaxQConv2DBN-s0" / "kernel.pid"
         _wait_for(pid_file.exists, first, "the kernel's pid file")
-        status_before = (runs / "sleepy" / batch.STATUS).read_bytes()
+        status_before = (runs / "sleepy" / studies.STATUS).read_bytes()
         second = subprocess.run(
             [sys.executable, "-m", "maxq", "batch", str(study), "--runs-root", str(runs),
              "--notebook", str(tmp_path / "sleep.ipynb"), "--no-report", "--no-progress"],
@@ -101,7 +101,7 @@ def test_second_batch_of_a_study_is_refused(tmp_path):
         assert second.returncode == 2, second.stderr
         assert f"in use by pid {first.pid} " in second.stderr
         assert second.stderr.count("\n") == 1 and "Traceback" not in second.stderr
-        assert (runs / "sleepy" / batch.STATUS).read_bytes() == status_before
+        assert (runs / "sleepy" / studies.STATUS).read_bytes() == status_before
     finally:
         first.send_signal(signal.SIGTERM)             # stops its kernel (see the next test)
         first.communicate(timeout=120)
@@ -113,7 +113,7 @@ def test_status_updates_of_two_tables_merge(tmp_path):
     a.update("row-a", state="running")
     b.update("row-b", state="running")
     a.update("row-a", state="done")
-    lines = batch.read_status("s", tmp_path)
+    lines = studies.read_status("s", tmp_path)
     assert lines["row-a"]["state"] == "done" and lines["row-b"]["state"] == "running"
     assert batch.study_lock("s", tmp_path).path != batch.study_lock("s", tmp_path, "1/2").path
 
@@ -165,7 +165,7 @@ def test_sigterm_stops_the_kernels_and_marks_the_rows_interrupted(tmp_path):
     assert proc.returncode == 143, (out, err)
     assert "interrupted (SIGTERM)" in err
     assert not _alive(kernel)                       # stopped and waited for, not orphaned
-    line = batch.read_status("sleepy", runs)["r-SoftMaxQConv2DBN-s0"]
+    line = studies.read_status("sleepy", runs)["r-SoftMaxQConv2DBN-s0"]
     assert line["state"] == "interrupted"
     assert not (runs / "sleepy" / ".lock").exists()
 

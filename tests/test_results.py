@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maxq import batch, records, results
+from maxq import batch, records, results, studies
 
 STUDY = """
 [study]
@@ -39,7 +39,7 @@ M = 4
 LAYERS = ("layer1.0.conv1", "layer2.0.conv2", "fc")
 
 
-def write_fake_run(row: batch.Row, root: Path, *, top1: float, finished: bool = True,
+def write_fake_run(row: studies.Row, root: Path, *, top1: float, finished: bool = True,
                    epochs: int | None = None) -> Path:
     """A run directory in the records format with made-up numbers (no training)."""
     import torch
@@ -77,7 +77,7 @@ def fake_study(tmp_path):
     path = tmp_path / "fake.toml"
     path.write_text(STUDY, encoding="utf-8")
     root = tmp_path / "runs"
-    runs = batch.expand(path)
+    runs = studies.expand(path)
     for i, row in enumerate(runs):
         top1 = 80.0 + (2.0 if row.method == results.MAXQ else 0.0) + row.seed
         write_fake_run(row, root, top1=top1, finished=i != len(runs) - 1,
@@ -113,7 +113,7 @@ def test_load_unknown_or_empty(tmp_path):
     assert res.study == "smoke" and res.runs.empty and res.epochs.empty
     assert results.summary_table(res, cost=False).empty
     assert "No run" in results.scale_summary(res)
-    with pytest.raises(batch.StudyError):
+    with pytest.raises(studies.StudyError):
         results.load(tmp_path / "missing.toml", tmp_path)
 
 
@@ -164,7 +164,7 @@ def test_ablation_table_groups(fake_study, tmp_path):
     path2 = tmp_path / "arms.toml"
     path2.write_text(text)
     root2 = tmp_path / "runs2"
-    for row in batch.expand(path2):
+    for row in studies.expand(path2):
         write_fake_run(row, root2, top1=70.0 + row.seed)
     table = results.ablation_table(results.load(path2, root2))
     assert {"a", "b"} <= set(table["group"])
@@ -215,14 +215,15 @@ def test_status_frame(tmp_path):
     table = batch.StatusTable("smoke", tmp_path)
     table.update("a", state="done", seconds=2.0)
     frame = results.status_frame("smoke", tmp_path)
-    assert list(frame.columns) == list(batch.STATUS_COLUMNS) and frame.iloc[0]["state"] == "done"
+    assert list(frame.columns) == list(studies.STATUS_COLUMNS) and frame.iloc[0]["state"] == "done"
 
 
 # ----------------------------------------------------------------------------- a real run
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     """One real (tiny) training run written by maxq.train."""
-    from maxq.train import TrainConfig, train
+    from maxq.config import TrainConfig
+    from maxq.train import train
 
     root = tmp_path_factory.mktemp("real")
     run_dir = train(TrainConfig(

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from maxq import records
-from maxq.train import TrainConfig, _snapshot_epochs, build_optimizer, evaluate, train
+from maxq.config import TrainConfig, snapshot_epochs
+from maxq.train import build_optimizer, evaluate, train
 
 TIMING = ("seconds", "images_per_s")
 BASE = dict(set="FashionMNIST", arch="mobilenet_v3_small", train_subset=128, val_subset=64,
@@ -202,9 +203,9 @@ def test_config_round_trips_through_json():
 
 
 def test_snapshot_epochs_always_include_first_and_last():
-    assert _snapshot_epochs(None, 5) == {0, 4}
-    assert _snapshot_epochs(2, 6) == {0, 1, 3, 5}
-    assert _snapshot_epochs([2], 6) == {0, 2, 5}
+    assert snapshot_epochs(None, 5) == {0, 4}
+    assert snapshot_epochs(2, 6) == {0, 1, 3, 5}
+    assert snapshot_epochs([2], 6) == {0, 2, 5}
 
 
 def test_no_bn_decay_and_nesterov_reach_the_optimizer():

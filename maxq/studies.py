@@ -1,0 +1,374 @@
+"""Studies as data: the TOML schema, its expansion into runs, filters, shards, and the status
+table's location and reading. Used by the runner (:mod:`maxq.batch`), the executors and the
+results (:mod:`maxq.results`), none of which owns a study's meaning.
+
+A **study** is a data file, ``studies/<name>.toml``::
+
+    [study]
+    description = "what this study is for"
+    methods = ["SoftMaxQConv2DBN", "SoftSRSTEConv2dBN"]   # each row runs once per method ...
+    seeds = [0, 1, 2]                                      # ... and per seed
+
+    [defaults]          # training options shared by every row (maxq.config.TrainConfig fields)
+    set = "FashionMNIST"
+    epochs = 4
+
+    [[rows]]            # one line of the results table
+    id = "resnet50-2of4"            # optional; default "<arch>-<N>of<M>"
+    arch = "resnet50"
+    N = 2
+    M = 4
+    paper_top1 = 77.6               # every paper_* key is kept beside the row, for the report
+    paper_top5 = 93.7
+    # methods / seeds / arms = {...} / any training option: override the study's for this row
+
+    [[claims]]          # optional: the paper's claims, checked by maxq.stats on seed pairs
+    claim = "MaxQ beats SR-STE at 2:4"
+    row_a = "resnet50-2of4"
+    method_a = "SoftMaxQConv2DBN"
+    row_b = "resnet50-2of4"
+    method_b = "SoftSRSTEConv2dBN"
+    # margin = 1.0     # "A within margin points of B" claims
+
+A row × method × seed is one **run** (:class:`Row`), ``run_id`` ``<row id>-<method>-s<seed>``,
+e.g. ``resnet50-2of4-SoftMaxQConv2DBN-s0``; its folder is ``<runs_root>/<study>/<run_id>/``.
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+import fnmatch
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from maxq import paths
+
+#: the repository root (studies/ sits beside maxq/)
+PACKAGE_ROOT = paths.REPO_ROOT
+STATUS = "status.csv"
+STATUS_COLUMNS = ("row", "state", "seconds", "error", "run_dir", "notebook",
+                  "method", "seed", "attempts", "updated",
+                  "executor", "job_id", "job_state")    # the last three: submitit executors
+STATES = ("pending", "running", "done", "failed", "skipped", "requeued", "interrupted")
+DEFAULT_METHODS = ("SoftMaxQConv2DBN",)
+DEFAULT_SEEDS = (0,)
+#: training options the runner sets itself; a study may not set them
+RUNNER_KEYS = ("study", "row", "seed", "conv_bn_type", "save_dir", "overwrite", "resume")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_STUDY_KEYS = {"study", "defaults", "rows", "claims", "slurm"}
+#: keys of a [[claims]] entry: claim text, the paper's statement, run A vs run B (table-row id
+#: and method each), and for "margin" claims the margin in points (A within ``margin`` of B)
+_CLAIM_KEYS = {"claim", "paper", "row_a", "method_a", "row_b", "method_b", "margin"}
+_STUDY_META_KEYS = {"description", "methods", "seeds", "notebook", "method_labels", "focus",
+                    "scale_note"}
+_ROW_META_KEYS = {"id", "methods", "method", "seeds", "arms", "note"}
+
+
+class StudyError(ValueError):
+    """A study file, a row filter or a shard spec is unusable (nothing was run)."""
+
+
+# ----------------------------------------------------------------------------- locations
+def runs_root(path: str | os.PathLike | None = None) -> Path:
+    """``path``, else ``$MAXQ_RUNS_ROOT``, else ``runs``."""
+    return Path(path or os.environ.get("MAXQ_RUNS_ROOT") or "runs")
+
+
+def reports_root(path: str | os.PathLike | None = None) -> Path:
+    """``path``, else ``$MAXQ_REPORTS_ROOT``, else ``reports``."""
+    return Path(path or os.environ.get("MAXQ_REPORTS_ROOT") or "reports")
+
+
+def studies_dirs() -> list[Path]:
+    """Where study names are looked up: ``$MAXQ_STUDIES``, ``./studies``, the repo's ``studies/``."""
+    dirs = [Path(p) for p in os.environ.get("MAXQ_STUDIES", "").split(os.pathsep) if p]
+    dirs += [Path.cwd() / "studies", PACKAGE_ROOT / "studies"]
+    out: list[Path] = []
+    for d in dirs:
+        if d.resolve() not in [o.resolve() for o in out]:
+            out.append(d)
+    return out
+
+
+def available_studies() -> list[str]:
+    names: set[str] = set()
+    for d in studies_dirs():
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.toml"))
+    return sorted(names)
+
+
+# ----------------------------------------------------------------------------- studies
+@dataclass
+class Study:
+    name: str
+    path: Path
+    description: str
+    defaults: dict[str, Any]
+    rows: list[dict[str, Any]]
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    notebook: str | None = None
+    method_labels: dict[str, str] = field(default_factory=dict)
+    focus: str | None = None
+    scale_note: str = ""
+    claims: list[dict[str, Any]] = field(default_factory=list)
+    slurm: dict[str, Any] = field(default_factory=dict)   # [slurm]: see maxq.executors
+
+
+@dataclass(frozen=True)
+class Row:
+    """One run of a study: a table row × method × seed."""
+
+    study: str
+    id: str                      # run id, the folder name under <runs_root>/<study>/
+    table_row: str               # id of the table row (the paper's line)
+    method: str                  # --conv-bn-type
+    seed: int
+    index: int                   # position in the study's full run list
+    params: dict[str, Any]       # notebook parameters (training options), runner keys excluded
+    paper: dict[str, Any]        # paper_* values of the table row
+    arms: dict[str, str]         # ablation labels {group: arm}
+
+    def run_dir(self, root: str | os.PathLike | None = None) -> Path:
+        return runs_root(root) / self.study / self.id
+
+    def parameters(self, root: str | os.PathLike | None = None, **extra: Any) -> dict[str, Any]:
+        """Everything injected into ``row.ipynb``."""
+        out = dict(self.params)
+        out.update(study=self.study, row=self.id, conv_bn_type=self.method, seed=self.seed,
+                   save_dir=str(self.run_dir(root)))
+        out.update(extra)
+        return out
+
+
+def find_study(study: str | os.PathLike) -> Path:
+    """Path of a study given by name (``cpu``) or by file path (``studies/cpu.toml``)."""
+    text = str(study)
+    candidate = Path(text)
+    if candidate.suffix == ".toml" or os.sep in text or "/" in text:
+        if candidate.is_file():
+            return candidate
+        raise StudyError(f"study file {text!r} does not exist")
+    if not _SAFE_ID.match(text):
+        raise StudyError(f"study name {text!r} is not a valid name (letters, digits, . _ -)")
+    for d in studies_dirs():
+        if (d / f"{text}.toml").is_file():
+            return d / f"{text}.toml"
+    known = available_studies()
+    hint = difflib.get_close_matches(text, known, n=1)
+    raise StudyError(f"unknown study {text!r}; known studies: {', '.join(known) or 'none'}"
+                     + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                     + "; a path to a .toml study file works too")
+
+
+def load_study(study: "str | os.PathLike | Study") -> Study:
+    """Read and check a study file (by name or path)."""
+    if isinstance(study, Study):
+        return study
+    path = find_study(study)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(f"study file {path} is not valid TOML: {exc}") from None
+    name = path.stem
+    where = f"study {name!r} ({path})"
+    unknown = set(data) - _STUDY_KEYS
+    if unknown:
+        raise StudyError(f"{where}: unknown top-level tables {sorted(unknown)}; "
+                         f"allowed: [study], [defaults], [[rows]], [[claims]], [slurm]")
+    meta = data.get("study", {})
+    unknown = set(meta) - _STUDY_META_KEYS
+    if unknown:
+        raise StudyError(f"{where}: unknown keys in [study]: {sorted(unknown)}; "
+                         f"allowed: {sorted(_STUDY_META_KEYS)}")
+    defaults = dict(data.get("defaults", {}))
+    _check_runner_keys(defaults, f"{where} [defaults]")
+    rows = data.get("rows", [])
+    if not isinstance(rows, list) or not rows:
+        raise StudyError(f"{where} has no [[rows]]")
+    methods = _as_tuple(meta.get("methods", DEFAULT_METHODS), str, f"{where} [study].methods")
+    seeds = _as_tuple(meta.get("seeds", DEFAULT_SEEDS), int, f"{where} [study].seeds")
+    seen: set[str] = set()
+    checked = []
+    for i, row in enumerate(rows):
+        row = dict(row)
+        label = f"{where} row {i + 1}"
+        if "id" not in row:
+            if not {"arch", "N", "M"} <= (set(row) | set(defaults)):
+                raise StudyError(f"{label}: needs an 'id' or arch, N and M")
+            merged = {**defaults, **row}
+            row["id"] = f"{merged['arch']}-{merged['N']}of{merged['M']}"
+        row["id"] = str(row["id"])
+        if not _SAFE_ID.match(row["id"]):
+            raise StudyError(f"{label}: id {row['id']!r} is not filesystem-safe "
+                             f"(letters, digits, . _ - only)")
+        if row["id"] in seen:
+            raise StudyError(f"{label}: duplicate row id {row['id']!r}")
+        seen.add(row["id"])
+        _check_runner_keys(row, f"{label} ({row['id']})")
+        if "method" in row and "methods" in row:
+            raise StudyError(f"{label}: give 'method' or 'methods', not both")
+        if "arms" in row and not isinstance(row["arms"], dict):
+            raise StudyError(f"{label}: 'arms' must be a table {{group = \"arm\"}}")
+        checked.append(row)
+    claims = [_check_claim(c, i, where, seen) for i, c in enumerate(data.get("claims", []))]
+    slurm = data.get("slurm", {})
+    if slurm:
+        from maxq.executors import SlurmOptions   # executors import studies: a real cycle
+
+        SlurmOptions.from_table(slurm, f"{where} [slurm]")
+    return Study(name=name, path=path, description=str(meta.get("description", "")),
+                 defaults=defaults, rows=checked, methods=methods, seeds=seeds,
+                 notebook=meta.get("notebook"),
+                 method_labels=dict(meta.get("method_labels", {})),
+                 focus=meta.get("focus"), scale_note=str(meta.get("scale_note", "")),
+                 claims=claims, slurm=dict(slurm))
+
+
+def _check_claim(claim: Any, i: int, where: str, row_ids: set[str]) -> dict[str, Any]:
+    label = f"{where} claim {i + 1}"
+    if not isinstance(claim, dict):
+        raise StudyError(f"{label}: must be a table")
+    unknown = set(claim) - _CLAIM_KEYS
+    missing = {"claim", "row_a", "method_a", "row_b", "method_b"} - set(claim)
+    if unknown or missing:
+        raise StudyError(f"{label}: unknown keys {sorted(unknown)}, missing {sorted(missing)}; "
+                         f"allowed: {sorted(_CLAIM_KEYS)}")
+    for key in ("row_a", "row_b"):
+        if claim[key] not in row_ids:
+            raise StudyError(f"{label}: {key} {claim[key]!r} is not a row id of the study")
+    if "margin" in claim and not (isinstance(claim["margin"], (int, float))
+                                  and not isinstance(claim["margin"], bool)
+                                  and claim["margin"] >= 0):
+        raise StudyError(f"{label}: margin must be a number >= 0 (points)")
+    return dict(claim)
+
+
+def _check_runner_keys(table: dict, where: str) -> None:
+    bad = sorted(set(table) & set(RUNNER_KEYS))
+    if bad:
+        raise StudyError(f"{where}: {bad} are set by the batch runner "
+                         f"(use 'methods'/'seeds' for conv_bn_type/seed)")
+
+
+def _as_tuple(value: Any, kind: type, where: str) -> tuple:
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if not values or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+        raise StudyError(f"{where} must be a non-empty list of {kind.__name__}; got {value!r}")
+    return tuple(values)
+
+
+def run_id(table_row: str, method: str, seed: int) -> str:
+    return f"{table_row}-{method}-s{seed}"
+
+
+def expand(study: "str | os.PathLike | Study",
+           options: dict[str, Any] | None = None) -> list[Row]:
+    """Every run of a study, in study order (rows, then methods, then seeds)."""
+    study = load_study(study)
+    options = dict(options or {})
+    _check_runner_keys(options, "--option")
+    out: list[Row] = []
+    for row in study.rows:
+        if "method" in row:
+            methods = _as_tuple(row["method"], str, f"row {row['id']} method")
+        else:
+            methods = _as_tuple(row.get("methods", study.methods), str, f"row {row['id']} methods")
+        seeds = _as_tuple(row.get("seeds", study.seeds), int, f"row {row['id']} seeds")
+        params = dict(study.defaults)
+        params.update({k: v for k, v in row.items()
+                       if k not in _ROW_META_KEYS and not k.startswith("paper_")})
+        params.update(options)
+        paper = {k: v for k, v in row.items() if k.startswith("paper_")}
+        arms = {str(k): str(v) for k, v in row.get("arms", {}).items()}
+        for method in methods:
+            for seed in seeds:
+                rid = run_id(row["id"], method, seed)
+                if not _SAFE_ID.match(rid):
+                    raise StudyError(f"run id {rid!r} is not filesystem-safe")
+                out.append(Row(study=study.name, id=rid, table_row=row["id"], method=method,
+                               seed=seed, index=len(out), params=params, paper=paper, arms=arms))
+    return out
+
+
+def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``"i/n"`` (1 ≤ i ≤ n) → ``(i, n)``."""
+    if shard is None or isinstance(shard, tuple):
+        return shard
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(shard))
+    if not match:
+        raise StudyError(f"--shard must look like i/n (e.g. 1/3); got {shard!r}")
+    i, n = int(match.group(1)), int(match.group(2))
+    if n < 1 or not 1 <= i <= n:
+        raise StudyError(f"--shard {shard}: shards are numbered 1..n (n >= 1); got i={i}, n={n}")
+    return i, n
+
+
+def filter_rows(runs: Sequence[Row], rows: str | Iterable[str] | None) -> list[Row]:
+    """Keep the runs matching a filter: comma-separated patterns, each a run id, a table-row id,
+    a run-id prefix, or a glob (``resnet50*``, ``*SRSTE*``). A pattern that matches nothing is an
+    error (so a typo never silently runs nothing)."""
+    if rows is None:
+        return list(runs)
+    patterns = [p.strip() for p in (rows.split(",") if isinstance(rows, str) else rows)]
+    patterns = [p for p in patterns if p]
+    if not patterns:
+        raise StudyError("--rows: empty filter")
+    keep: set[str] = set()
+    for pattern in patterns:
+        hits = {r.id for r in runs if _matches(r, pattern)}
+        if not hits:
+            ids = sorted({r.table_row for r in runs})
+            hint = difflib.get_close_matches(pattern, ids + [r.id for r in runs], n=1)
+            raise StudyError(f"--rows: {pattern!r} matches no run of study "
+                             f"{runs[0].study if runs else '?'}; rows: {', '.join(ids)}"
+                             + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        keep |= hits
+    return [r for r in runs if r.id in keep]
+
+
+def _matches(row: Row, pattern: str) -> bool:
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(row.id, pattern) or fnmatch.fnmatchcase(row.table_row, pattern)
+    return row.id == pattern or row.table_row == pattern or row.id.startswith(pattern + "-")
+
+
+def resolve(study: "str | os.PathLike | Study", rows: str | Iterable[str] | None = None,
+            shard: str | tuple[int, int] | None = None,
+            options: dict[str, Any] | None = None) -> list[Row]:
+    """The runs to execute: the study expanded, filtered by ``rows``, then this shard's share
+    (round robin over the filtered list, so shards are disjoint and together complete)."""
+    runs = filter_rows(expand(study, options), rows)
+    spec = parse_shard(shard)
+    if spec:
+        i, n = spec
+        runs = runs[i - 1::n]
+    return runs
+
+
+
+# ----------------------------------------------------------------------------- status table (read)
+def status_path(study: str, root: str | os.PathLike | None = None) -> Path:
+    return runs_root(root) / study / STATUS
+
+
+def read_status(study: str, root: str | os.PathLike | None = None) -> dict[str, dict[str, str]]:
+    """``status.csv`` as ``{row: {column: value}}`` (empty when there is none yet)."""
+    return read_status_file(status_path(study, root))
+
+
+def read_status_file(path: Path) -> dict[str, dict[str, str]]:
+    if not path.exists():
+        return {}
+    with open(path, newline="", encoding="utf-8") as handle:
+        return {line["row"]: dict(line) for line in csv.DictReader(handle)}
+
+
+
+def report_dir(study: str, root: str | os.PathLike | None = None) -> Path:
+    return reports_root(root) / study
