@@ -11,42 +11,9 @@ from pathlib import Path
 import pytest
 
 from maxq import batch, records, studies
+from test_studies import PAPER_TABLE, TINY, write_study  # noqa: F401  (shared fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
-PAPER_TABLE = [  # the seed's table (shared/reference/seed_table.csv), kept here so tests run
-    ("resnet34", 1, 4, 120, 74.2, 91.7), ("resnet34", 2, 4, 120, 74.5, 92.1),
-    ("resnet50", 1, 4, 120, 77.3, 93.4), ("resnet50", 1, 16, 200, 75.2, 92.6),
-    ("resnet50", 2, 4, 120, 77.6, 93.7), ("resnet50", 2, 8, 120, 77.2, 93.5),
-    ("mobilenet_v1", 1, 4, 120, 70.4, 89.5), ("mobilenet_v1", 2, 4, 120, 72.3, 90.8),
-    ("mobilenet_v2", 1, 4, 120, 67.0, 87.5), ("mobilenet_v2", 2, 4, 120, 69.8, 89.3),
-    ("mobilenet_v3_small", 1, 4, 120, 55.3, 78.9), ("mobilenet_v3_small", 2, 4, 120, 60.8, 82.9),
-]
-
-
-def write_study(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-TINY = """
-[study]
-methods = ["SoftMaxQConv2DBN", "SoftSRSTEConv2dBN"]
-seeds = [0, 1]
-[defaults]
-set = "FashionMNIST"
-epochs = 1
-[[rows]]
-arch = "resnet18"
-N = 2
-M = 4
-paper_top1 = 70.0
-[[rows]]
-id = "mbv1"
-arch = "mobilenet_v1"
-N = 1
-M = 4
-seeds = [3]
-"""
 
 
 # ----------------------------------------------------------------------------- notebooks
