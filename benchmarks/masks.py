@@ -7,7 +7,7 @@ Each round moves the weights by one SGD-like step (w <- w - lr·(g + wd·w), lr 
 g ~ N(0, (step·std(w)/lr)²) per layer, i.e. a relative change ~``step`` per weight) and then
 times, side by side on those same weights:
 
-* ``sort-based reference`` - ``tests/mask_reference.py`` (full ``torch.sort`` formulation);
+* ``sort-based reference`` - ``maxq/mask_reference.py`` (full ``torch.sort`` formulation);
 * ``maxq_mask cold``       - no cache (what one call from scratch costs);
 * ``maxq_mask warm``       - one cache dict per layer, kept across rounds (what a training step
   costs when the mask is recomputed every step);
@@ -34,9 +34,8 @@ import torch
 import torchvision
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(_HERE, "..", "tests"))
 sys.path.insert(0, os.path.join(_HERE, ".."))
-from mask_reference import reference_maxq_mask  # noqa: E402
+from maxq.mask_reference import reference_maxq_mask  # noqa: E402
 
 from maxq import native  # noqa: E402
 from maxq.masks import maxq_mask  # noqa: E402

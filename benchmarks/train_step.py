@@ -43,9 +43,8 @@ import torch.nn.functional as F
 import torchvision
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(_HERE, "..", "tests"))
 sys.path.insert(0, os.path.join(_HERE, ".."))
-from mask_reference import reference_maxq_mask  # noqa: E402
+from maxq.mask_reference import reference_maxq_mask  # noqa: E402
 
 from maxq import masks, native, sparse  # noqa: E402
 

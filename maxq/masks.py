@@ -36,7 +36,7 @@ in one pass. Elsewhere (CUDA, no C compiler, ``MAXQ_NATIVE=0``, a NaN weight) th
 below runs. Both are ``torch.equal`` to the reference; the tests run on both.
 
 How it is fast (the mask is recomputed at every training step) while staying bit-identical to
-the sort-based reference (``tests/mask_reference.py``):
+the sort-based reference (``maxq/mask_reference.py``):
 
 * Block ranks by pairwise comparisons (small M): ``rank_j = #{i: a_i > a_j or (a_i == a_j and
   i < j)}``, kept iff ``rank_j < N``; no sort.

@@ -1,4 +1,4 @@
-"""Tests of maxq.masks against the sort-based reference (tests/mask_reference.py) and the
+"""Tests of maxq.masks against the sort-based reference (maxq/mask_reference.py) and the
 properties of method.md §1–§5."""
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import sys
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from mask_reference import blocks_of, reference_maxq_mask, reference_nm_mask  # noqa: E402
+from maxq.mask_reference import blocks_of, reference_maxq_mask, reference_nm_mask  # noqa: E402
 
 from maxq import native  # noqa: E402
 from maxq.masks import maxq_mask, nm_mask  # noqa: E402
@@ -515,8 +514,8 @@ def test_no_compiler_falls_back_to_the_torch_path(tmp_path):
     import subprocess
     code = (
         "import sys, warnings, torch\n"
-        f"sys.path[:0] = [{os.path.dirname(os.path.dirname(__file__))!r}, {os.path.dirname(__file__)!r}]\n"
-        "from mask_reference import reference_maxq_mask\n"
+        f"sys.path[:0] = [{os.path.dirname(os.path.dirname(__file__))!r}]\n"
+        "from maxq.mask_reference import reference_maxq_mask\n"
         "from maxq import native, masks\n"
         "with warnings.catch_warnings(record=True) as caught:\n"
         "    warnings.simplefilter('always')\n"
