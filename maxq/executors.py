@@ -398,6 +398,11 @@ def run_jobs(kind: str, todo: Sequence[tuple[studies.Row, dict]], *, study: str,
                 starts = sum(e["event"] == "running" for e in events)
                 finished = job.done()
                 state = job_state(raw, events)
+                # a requeue is read from the job's events, not from the polled state: the
+                # requeued job may be running again (or done) before the next poll
+                requeues = sum(e["event"] == "requeued" for e in events)
+                for _ in range(requeues - item.get("requeues", 0)):
+                    _write(bar, echo, f"{rid}: requeued (job {job.job_id}, {raw})")
                 if finished:
                     outcome = _outcome(job, row, events)
                     status.update(rid, state=outcome.state, seconds=outcome.seconds,
@@ -411,12 +416,13 @@ def run_jobs(kind: str, todo: Sequence[tuple[studies.Row, dict]], *, study: str,
                     _write(bar, echo, message)
                     if bar is not None:
                         bar.update(1)
-                elif state != item["state"] or raw != item.get("raw"):
+                elif (state, raw, requeues) != (item["state"], item.get("raw"),
+                                                item.get("requeues", 0)):
                     status.update(rid, state=state, job_state=raw,
                                   attempts=item["base"] + starts)
-                    if state != item["state"]:
+                    if state != item["state"] and state != "requeued":
                         _write(bar, echo, f"{rid}: {state} (job {job.job_id}, {raw})")
-                    item["state"], item["raw"] = state, raw
+                    item["state"], item["raw"], item["requeues"] = state, raw, requeues
             if queue or active:
                 time.sleep(poll)
     except KeyboardInterrupt:

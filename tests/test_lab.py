@@ -126,6 +126,7 @@ def browser():
 
 
 def test_mask_explorer_in_jupyterlab(lab, browser, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
@@ -138,14 +139,14 @@ def test_mask_explorer_in_jupyterlab(lab, browser, tmp_path):
         @staticmethod
         def until(condition, what="the page"):
             try:
-                return WebDriverWait(driver, 240, poll_frequency=0.3).until(condition)
+                return WebDriverWait(driver, 240, poll_frequency=0.3,
+                                     ignored_exceptions=(StaleElementReferenceException,)
+                                     ).until(condition)
             except Exception:
                 shot("timeout")
-                bar = css("#jp-main-statusbar")
                 pytest.fail(f"timed out waiting for {what}; title {title()!r}; status bar "
-                            f"{bar[0].text if bar else None!r}; outputs "
-                            f"{[e.text[:300] for e in css('.jp-OutputArea-output')]}; "
-                            f"screenshots {shots}")
+                            f"{read('#jp-main-statusbar')!r}; outputs "
+                            f"{[t[:300] for t in outputs()]}; screenshots {shots}")
 
     def shot(name):
         path = tmp_path / f"{len(shots) + 1:02d}-{name}.png"
@@ -155,23 +156,42 @@ def test_mask_explorer_in_jupyterlab(lab, browser, tmp_path):
     def css(selector):
         return driver.find_elements(By.CSS_SELECTOR, selector)
 
+    # read in one script call each: the widgets re-render, so an element found in one call may
+    # be stale by the next
+    def read(selector, what="innerText"):
+        return driver.execute_script(
+            f"const e = document.querySelector({selector!r}); return e ? e.{what} : '';") or ""
+
+    def outputs(selector=".jp-OutputArea-output"):
+        return driver.execute_script(
+            f"return Array.from(document.querySelectorAll({selector!r}), e => e.innerText);")
+
+    def options(selector):
+        return driver.execute_script(
+            f"return Array.from(document.querySelectorAll({selector!r} + ' option'), "
+            "e => e.textContent.trim());")
+
+    def choose(selector, text):             # a user's pick; retried if the widget re-rendered
+        for _ in range(20):
+            try:
+                return Select(css(selector)[0]).select_by_visible_text(text)
+            except StaleElementReferenceException:
+                time.sleep(0.3)
+        raise AssertionError(f"{selector} kept re-rendering")
+
     def title():
-        found = css(".maxq-title")
-        return found[0].text.strip() if found else ""
+        return read(".maxq-title").strip()
 
     def figure_src():
-        found = css(".maxq-figure img")
-        return found[0].get_attribute("src") if found else ""
+        return read(".maxq-figure img", "src")
 
     def kernel_idle(_=None):
-        bar = css("#jp-main-statusbar")
-        return bool(bar) and "Idle" in bar[0].text
+        return "Idle" in read("#jp-main-statusbar")
 
     def errors():
-        bad = css(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
-        bad += [e for e in css(".jp-OutputArea-output") if "Traceback" in e.text
-                or "Error" in e.text]
-        return [e.text[:500] for e in bad]
+        bad = outputs(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+        bad += [t for t in outputs() if "Traceback" in t or "Error" in t]
+        return [t[:500] for t in bad]
 
     driver.get(f"{url}/lab/tree/notebooks/masks.ipynb?token={token}")
     wait.until(lambda d: css(".jp-NotebookPanel .jp-Cell") and kernel_idle(), "notebook open, kernel idle")
@@ -197,23 +217,24 @@ def test_mask_explorer_in_jupyterlab(lab, browser, tmp_path):
     assert first_title.endswith("epoch 1"), first_title          # the last snapshot epoch
 
     # switch to the run of the other architecture: its layers, the same epoch
-    run_select = Select(css(".maxq-run select")[0])
-    current_run = run_select.first_selected_option.text
-    other = next(o.text for o in run_select.options if o.text != current_run)
-    run_select.select_by_visible_text(other)
+    current_run = read(".maxq-run select", "selectedOptions[0].textContent").strip()
+    runs = options(".maxq-run select")
+    assert current_run in runs and len(runs) == 2, (current_run, runs)
+    other = next(o for o in runs if o != current_run)
+    choose(".maxq-run select", other)
     wait.until(lambda d: title().startswith(other) and figure_src() != first_src, "the other run")
     shot("other-run")
-    layers = [o.text for o in Select(css(".maxq-layer select")[0]).options]
+    layers = options(".maxq-layer select")
     assert title() == f"{other} · {layers[0]} · epoch 1", title()
     assert ("features." in layers[0]) != ("features." in first_title), (first_title, layers)
     assert not errors(), errors()
 
     # another layer, then another epoch
-    Select(css(".maxq-layer select")[0]).select_by_visible_text(layers[2])
+    choose(".maxq-layer select", layers[2])
     wait.until(lambda d: title() == f"{other} · {layers[2]} · epoch 1" and figure_src(),
                "the other layer")
     shot("layer")
-    Select(css(".maxq-epoch select")[0]).select_by_visible_text("0")
+    choose(".maxq-epoch select", "0")
     wait.until(lambda d: title() == f"{other} · {layers[2]} · epoch 0" and figure_src(),
                "epoch 0")
     wait.until(kernel_idle, "the kernel to be idle")
