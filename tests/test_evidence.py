@@ -10,7 +10,7 @@ from torch import nn
 
 from maxq import data, models, sparse, studies
 
-CPU_STUDIES = ("cpu", "claims", "ablation", "smoke")
+CPU_STUDIES = ("cpu", "claims", "claims-12ep", "ablation", "smoke")
 
 
 @pytest.mark.parametrize("kernel, padding, stride, size, dead", [
@@ -67,7 +67,7 @@ def test_every_row_of_the_cpu_studies_exercises_its_sparse_weights(study):
         assert share is not None and share <= 0.05, (study, run.table_row, share)
 
 
-@pytest.mark.parametrize("study", ["cpu", "claims"])
+@pytest.mark.parametrize("study", ["cpu", "claims", "claims-12ep"])
 def test_rows_have_a_dense_baseline_and_claims_have_seeds(study):
     spec = studies.load_study(study)
     runs = studies.expand(spec)
