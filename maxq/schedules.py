@@ -19,8 +19,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-__all__ = ["SCHEDULES", "dense_fraction", "nm_share", "dense_fraction_at_iter", "LR_SCHEDULES",
-           "lr_at"]
+__all__ = ["SCHEDULES", "dense_fraction", "LR_SCHEDULES", "lr_at"]
 
 
 def _u(t: float, start: float, end: float) -> float:
@@ -69,19 +68,6 @@ def dense_fraction(epoch: float, start: float, end: float, schedule: str = "line
     if epoch >= end:
         return 0.0
     return min(1.0, max(0.0, SCHEDULES[schedule](float(epoch), float(start), float(end))))
-
-
-def nm_share(epoch: float, start: float, end: float, schedule: str = "linear") -> float:
-    """p(t) = 1 − ρ(t): the share of blocks that are N:M sparse."""
-    return 1.0 - dense_fraction(epoch, start, end, schedule)
-
-
-def dense_fraction_at_iter(iteration: int, iters_per_epoch: int, start: float, end: float,
-                           schedule: str = "linear") -> float:
-    """Per-iteration ρ: ``dense_fraction(iteration / iters_per_epoch, ...)``."""
-    if iters_per_epoch < 1:
-        raise ValueError(f"iters_per_epoch must be >= 1, got {iters_per_epoch}")
-    return dense_fraction(iteration / iters_per_epoch, start, end, schedule)
 
 
 # ----------------------------------------------------------------------------------------------

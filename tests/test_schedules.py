@@ -5,8 +5,12 @@ import math
 
 import pytest
 
-from maxq.schedules import (SCHEDULES, dense_fraction, dense_fraction_at_iter, lr_at,
-                            nm_share)
+from maxq.schedules import SCHEDULES, dense_fraction, lr_at
+
+
+def nm_share(epoch, start, end, schedule):
+    """method.md's p(t) = 1 - rho(t), the share of N:M blocks."""
+    return 1.0 - dense_fraction(epoch, start, end, schedule)
 
 P15 = {"linear": 0.500, "cubic": 0.875, "cos": 0.293, "exp": 0.689}
 
@@ -47,8 +51,8 @@ def test_start_equals_end_is_plain_nm(name):
 
 def test_fractional_epochs_and_iterations():
     assert dense_fraction(7.5, 0, 30) == pytest.approx(0.75)
-    assert dense_fraction_at_iter(750, 100, 0, 30) == pytest.approx(0.75)
-    assert dense_fraction_at_iter(3000, 100, 0, 30) == 0.0
+    assert dense_fraction(750 / 100, 0, 30) == pytest.approx(0.75)      # iteration 750 of 100/epoch
+    assert dense_fraction(3000 / 100, 0, 30) == 0.0
 
 
 def test_bad_names():
