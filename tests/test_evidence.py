@@ -10,7 +10,7 @@ from torch import nn
 
 from maxq import data, models, sparse, studies
 
-CPU_STUDIES = ("cpu", "claims", "claims-12ep", "ablation", "smoke")
+CPU_STUDIES = ("cpu", "claims", "claims-12ep", "ablation", "ablation-12ep", "smoke")
 
 
 @pytest.mark.parametrize("kernel, padding, stride, size, dead", [
