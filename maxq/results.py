@@ -273,28 +273,25 @@ def summary_markdown(table: pd.DataFrame, results: Results) -> str:
         return "_no runs yet_\n"
     labels = results.labels()
     methods = [labels.get(m, m) for m in _method_order(results)]
-    header = ["row", "N:M", "paper top-1", "paper top-5"]
+    columns: dict[str, list[str]] = {
+        "row": [str(r) for r in table["row"]],
+        "N:M": [f"{_int(n)}:{_int(m)}" for n, m in zip(table["N"], table["M"])],
+        "paper top-1": [_num(v) for v in table["paper_top1"]],
+        "paper top-5": [_num(v) for v in table["paper_top5"]],
+    }
     for m in methods:
-        header += [f"{m} top-1", f"{m} top-5"]
-    delta = [c for c in table.columns if " - " in c and c.endswith("top1")]
-    header += ["Δ top-1 " + c.rsplit(" ", 1)[0] for c in delta]
-    has_cost = "sparse_gflops" in table.columns
-    if has_cost:
-        header += ["GFLOPs dense → sparse", "params (M) dense → sparse"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for _, r in table.iterrows():
-        cells = [str(r["row"]), f"{_int(r['N'])}:{_int(r['M'])}", _num(r["paper_top1"]),
-                 _num(r["paper_top5"])]
-        for m in methods:
-            for metric in ("top1", "top5"):
-                cells.append(_fmt(r.get(f"{m} {metric} mean", math.nan),
-                                  r.get(f"{m} {metric} std", math.nan), int(r.get(f"{m} n", 0))))
-        cells += [_num(r[c], signed=True) for c in delta]
-        if has_cost:
-            cells += [f"{_num(r['dense_gflops'])} → {_num(r['sparse_gflops'])}",
-                      f"{_num(r['dense_mparams'])} → {_num(r['sparse_mparams'])}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        for metric, name in (("top1", "top-1"), ("top5", "top-5")):
+            columns[f"{m} {name}"] = [
+                _fmt(r.get(f"{m} {metric} mean", math.nan), r.get(f"{m} {metric} std", math.nan),
+                     int(r.get(f"{m} n", 0))) for _, r in table.iterrows()]
+    for c in [c for c in table.columns if " - " in c and c.endswith("top1")]:
+        columns["Δ top-1 " + c.rsplit(" ", 1)[0]] = [_num(v, signed=True) for v in table[c]]
+    if "sparse_gflops" in table.columns:
+        columns["GFLOPs dense → sparse"] = [f"{_num(a)} → {_num(b)}" for a, b in
+                                            zip(table["dense_gflops"], table["sparse_gflops"])]
+        columns["params (M) dense → sparse"] = [f"{_num(a)} → {_num(b)}" for a, b in
+                                                zip(table["dense_mparams"], table["sparse_mparams"])]
+    return pd.DataFrame(columns).to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def _num(value: Any, signed: bool = False, digits: int = 2) -> str:
@@ -351,13 +348,16 @@ def ablation_table(results: Results, metric: str = "best_top1") -> pd.DataFrame:
 
 
 def ablation_markdown(table: pd.DataFrame, metric: str = "best top-1") -> str:
+    """The ablation table as Markdown: ``mean ± std`` over seeds per (group, arm)."""
     if not len(table):
         return "_no finished runs_\n"
-    lines = [f"| group | arm | {metric} (mean ± std) | n |", "|---|---|---|---|"]
-    for _, r in table.iterrows():
-        spread = f" ± {_num(r['std'])}" if r["n"] > 1 else ""
-        lines.append(f"| {r['group']} | {r['arm']} | {_num(r['mean'])}{spread} | {r['n']} |")
-    return "\n".join(lines) + "\n"
+    frame = pd.DataFrame({
+        "group": table["group"], "arm": table["arm"],
+        f"{metric} (mean ± std)": [_num(m) + (f" ± {_num(s)}" if n > 1 else "")
+                                   for m, s, n in zip(table["mean"], table["std"], table["n"])],
+        "n": table["n"],
+    })
+    return frame.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 # ----------------------------------------------------------------------------- cost at paper scale

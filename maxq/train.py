@@ -535,9 +535,109 @@ def mask_checksum(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+# ============================================================================ the run's records
+@dataclasses.dataclass
+class Progress:
+    """What a run carries from epoch to epoch besides weights and optimizer (and what
+    checkpoint.pth stores of it): the next epoch, the best and the last evaluation, the wall time
+    of earlier sessions and the previous epoch's hard masks (for ``flipped``)."""
+    start_epoch: int = 0
+    best: dict[str, Any] | None = None
+    last: dict[str, Any] | None = None
+    wall_before: float = 0.0
+    previous_hard: dict[str, torch.Tensor] | None = None
+
+
+def open_records(run_dir: Path, cfg: TrainConfig, rt: Runtime, *, spec: methods.MethodSpec,
+                 loaders: maxq_data.Loaders, layer_table: list[dict[str, Any]],
+                 checkpoint: dict[str, Any] | None, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> Progress:
+    """A fresh run starts its directory with config.json; a resumed one restores the optimizer,
+    the scaler and every RNG from ``checkpoint`` and forgets the records of the lost epoch."""
+    if checkpoint is None:
+        if rt.is_main:
+            for path in _run_files(run_dir):       # only with --overwrite or --resume of nothing
+                path.unlink()
+            records.write_json(run_dir / records.CONFIG, {
+                "args": cfg.to_dict(), **run_environment(rt),
+                "method": dataclasses.asdict(spec),
+                "data": {"set": cfg.set, "train_size": loaders.train_size,
+                         "val_size": loaders.val_size, "num_classes": loaders.spec.num_classes,
+                         "in_channels": loaders.spec.in_channels,
+                         "image_size": loaders.spec.image_size},
+                "layers": layer_table,
+                "dead_weight_share": sparse.weighted_dead_share(layer_table),
+                "started": datetime.now().isoformat(timespec="seconds"),
+            })
+        return Progress()
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    for name, state in checkpoint.get("sparse_rng", {}).items():
+        sparse.sparse_layers(model)[name].maxq.generator.set_state(state)
+    set_rng_state(checkpoint["rng"])
+    if rt.is_main:
+        for name in (records.METRICS, records.LAYERS):
+            records.truncate_jsonl(run_dir / name, checkpoint["epoch"])
+        for epoch in records.mask_snapshot_epochs(run_dir):
+            if epoch > checkpoint["epoch"]:
+                (run_dir / records.MASKS / f"epoch_{epoch:03d}.npz").unlink()
+    return Progress(start_epoch=int(checkpoint["epoch"]) + 1, best=checkpoint["best"],
+                    last=checkpoint["last"], wall_before=float(checkpoint["wall_seconds"]),
+                    previous_hard=checkpoint["previous_hard"])
+
+
+def record_epoch(run_dir: Path, cfg: TrainConfig, *, epoch: int, metrics: dict[str, Any],
+                 layer_stats: dict[str, dict], snapshot: bool, improved: bool, model: nn.Module,
+                 optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                 progress: Progress, hard: dict[str, torch.Tensor] | None,
+                 wall_seconds: float) -> None:
+    """Rank 0's files of a finished epoch, in this order: the metrics.jsonl row, the
+    layers.jsonl rows, the mask snapshot, best.pth (when top-1 improved), checkpoint.pth."""
+    records.append_jsonl(run_dir / records.METRICS, [{"epoch": epoch, **metrics}])
+    records.append_jsonl(run_dir / records.LAYERS, [
+        {"epoch": epoch, "layer": name, **stats} for name, stats in layer_stats.items()])
+    if snapshot and layer_stats:
+        records.save_mask_snapshot(run_dir, epoch, sparse.current_masks(model))
+    if improved:
+        records.save_torch(run_dir / records.BEST, {
+            "state_dict": model.state_dict(), "epoch": epoch, "top1": metrics["val_top1"],
+            "top5": metrics["val_top5"], "arch": cfg.arch, "config": cfg.fingerprint()})
+    records.save_torch(run_dir / records.CHECKPOINT, {
+        "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(), "epoch": epoch, "best": progress.best,
+        "last": progress.last, "config": cfg.fingerprint(), "wall_seconds": wall_seconds,
+        "rng": rng_state(), "previous_hard": hard,
+        "sparse_rng": {name: m.maxq.generator.get_state() for name, m in
+                       sparse.sparse_layers(model).items() if m.maxq.generator is not None},
+    })
+
+
+def finish_run(run_dir: Path, cfg: TrainConfig, rt: Runtime, model: nn.Module,
+               progress: Progress, wall_seconds: float) -> dict[str, Any]:
+    """result.json (the run is finished): best and last evaluation, wall time and the final mask
+    checksum of every rank."""
+    checksums = [mask_checksum(model)]
+    if rt.distributed:
+        gathered: list[Any] = [None] * rt.world_size
+        dist.all_gather_object(gathered, checksums[0])
+        checksums = gathered
+    best, last = progress.best, progress.last
+    result = {"best_top1": best["top1"], "best_top5": best["top5"], "best_epoch": best["epoch"],
+              "last_top1": last["top1"], "last_top5": last["top5"], "epochs": cfg.epochs,
+              "wall_seconds": wall_seconds, "world_size": rt.world_size,
+              "mask_checksums": checksums}
+    if rt.is_main:
+        records.write_json(run_dir / records.RESULT, result)
+    return result
+
+
 # ============================================================================ train
 def train(config: TrainConfig) -> Path:
-    """Train (or, with ``config.evaluate``, only evaluate) one run; return its run directory."""
+    """Train (or, with ``config.evaluate``, only evaluate) one run; return its run directory.
+
+    Open the run (claim its directory, runtime, data, model, optimizer, records), train its
+    epochs (each: schedule, one epoch, masks from the final weights, BatchNorm, evaluation,
+    records), then finish it (result.json)."""
     if config.evaluate:
         evaluate(config)
         return Path(config.resolved().save_dir)
@@ -588,58 +688,30 @@ def train(config: TrainConfig) -> Path:
         optimizer = build_optimizer(cfg, model_without_ddp)
         scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
 
-        # records: a fresh run starts with config.json; a resumed one forgets the lost epoch
+        # records: config.json of a fresh run, or the state of the resumed one
         log = RunLog(run_dir / records.LOG, enabled=rt.is_main)
-        start_epoch, best, wall_before, previous_hard = 0, None, 0.0, None
-        if rt.is_main:
-            if checkpoint is None:
-                for path in _run_files(run_dir):   # only with --overwrite or --resume of nothing
-                    path.unlink()
-                records.write_json(run_dir / records.CONFIG, {
-                    "args": cfg.to_dict(), **run_environment(rt),
-                    "method": dataclasses.asdict(spec),
-                    "data": {"set": cfg.set, "train_size": loaders.train_size,
-                             "val_size": loaders.val_size, "num_classes": loaders.spec.num_classes,
-                             "in_channels": loaders.spec.in_channels,
-                             "image_size": loaders.spec.image_size},
-                    "layers": layer_table,
-                    "dead_weight_share": sparse.weighted_dead_share(layer_table),
-                    "started": datetime.now().isoformat(timespec="seconds"),
-                })
-        if checkpoint is not None:
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scaler.load_state_dict(checkpoint["scaler"])
-            start_epoch = int(checkpoint["epoch"]) + 1
-            best, wall_before = checkpoint["best"], float(checkpoint["wall_seconds"])
-            previous_hard = checkpoint["previous_hard"]
-            for name, state in checkpoint.get("sparse_rng", {}).items():
-                sparse.sparse_layers(model_without_ddp)[name].maxq.generator.set_state(state)
-            set_rng_state(checkpoint["rng"])
-            if rt.is_main:
-                for name in (records.METRICS, records.LAYERS):
-                    records.truncate_jsonl(run_dir / name, checkpoint["epoch"])
-                for epoch in records.mask_snapshot_epochs(run_dir):
-                    if epoch > checkpoint["epoch"]:
-                        (run_dir / records.MASKS / f"epoch_{epoch:03d}.npz").unlink()
-        log(f"{'resuming' if checkpoint else 'starting'} {run_dir} at epoch {start_epoch}: "
-            f"{cfg.arch} {cfg.conv_bn_type} {cfg.N}:{cfg.M} on {cfg.set} "
+        progress = open_records(run_dir, cfg, rt, spec=spec, loaders=loaders,
+                                layer_table=layer_table, checkpoint=checkpoint,
+                                model=model_without_ddp, optimizer=optimizer, scaler=scaler)
+        log(f"{'resuming' if checkpoint else 'starting'} {run_dir} at epoch "
+            f"{progress.start_epoch}: {cfg.arch} {cfg.conv_bn_type} {cfg.N}:{cfg.M} on {cfg.set} "
             f"({loaders.train_size} train / {loaders.val_size} val images), {rt.device.type} x "
             f"{rt.world_size}, amp {cfg.amp}")
         log(sparse.format_table(layer_table))
         if spec.incremental and cfg.increase_end >= cfg.epochs:
             log(f"WARNING: --increase-end {cfg.increase_end} >= --epochs {cfg.epochs}: the last "
                 f"epoch still keeps dense blocks, the final model is not fully {cfg.N}:{cfg.M}")
-
         decay_on = cfg.decay_type == "v1"
         if not decay_on:
             log(f"WARNING: --decay-type {cfg.decay_type} applies no SR-STE decay (in the authors' "
                 f"code it calls a method no layer defines): this run equals --decay 0")
         snapshot_at = snapshot_epochs(cfg.snapshot_epochs, cfg.epochs)
         sparse.set_mask_interval(model_without_ddp, cfg.mask_interval,
-                                 forwards=start_epoch * len(loaders.train))
+                                 forwards=progress.start_epoch * len(loaders.train))
         started = time.perf_counter()
-        last = None
-        for epoch in range(start_epoch, cfg.epochs):
+
+        # epochs
+        for epoch in range(progress.start_epoch, cfg.epochs):
             seed_everything(cfg.seed, epoch)
             loaders.train.set_epoch(epoch)
             rho = dense_fraction(cfg, epoch)
@@ -663,40 +735,23 @@ def train(config: TrainConfig) -> Path:
                                 channels_last=bool(cfg.channels_last), log=log,
                                 print_freq=cfg.print_freq)
             seconds = time.perf_counter() - epoch_start
-            layer_stats, hard = sparse.mask_stats(model_without_ddp, previous_hard)
+            layer_stats, hard = sparse.mask_stats(model_without_ddp, progress.previous_hard)
             nm_share = sparse.nm_share(model_without_ddp, layer_stats)
-            last = {"top1": va["top1"], "top5": va["top5"], "epoch": epoch}
-            improved = best is None or va["top1"] > best["top1"]
+            progress.last = {"top1": va["top1"], "top5": va["top5"], "epoch": epoch}
+            improved = progress.best is None or va["top1"] > progress.best["top1"]
             if improved:
-                best = dict(last)
+                progress.best = dict(progress.last)
             if rt.is_main:
-                records.append_jsonl(run_dir / records.METRICS, [{
-                    "epoch": epoch, "lr": lr, "train_loss": tr["loss"], "train_top1": tr["top1"],
+                record_epoch(run_dir, cfg, epoch=epoch, metrics={
+                    "lr": lr, "train_loss": tr["loss"], "train_top1": tr["top1"],
                     "train_top5": tr["top5"], "val_loss": va["loss"], "val_top1": va["top1"],
                     "val_top5": va["top5"], "seconds": seconds,
-                    "images_per_s": tr["images_per_s"], "nm_share": nm_share}])
-                records.append_jsonl(run_dir / records.LAYERS, [
-                    {"epoch": epoch, "layer": name, **stats}
-                    for name, stats in layer_stats.items()])
-                if epoch in snapshot_at and layer_stats:
-                    records.save_mask_snapshot(run_dir, epoch,
-                                               sparse.current_masks(model_without_ddp))
-                if improved:
-                    records.save_torch(run_dir / records.BEST, {
-                        "state_dict": model_without_ddp.state_dict(), "epoch": epoch,
-                        "top1": va["top1"], "top5": va["top5"], "arch": cfg.arch,
-                        "config": cfg.fingerprint()})
-                records.save_torch(run_dir / records.CHECKPOINT, {
-                    "state_dict": model_without_ddp.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                    "epoch": epoch, "best": best, "last": last, "config": cfg.fingerprint(),
-                    "wall_seconds": wall_before + time.perf_counter() - started,
-                    "rng": rng_state(), "previous_hard": hard,
-                    "sparse_rng": {name: m.maxq.generator.get_state() for name, m in
-                                   sparse.sparse_layers(model_without_ddp).items()
-                                   if m.maxq.generator is not None},
-                })
-            previous_hard = hard
+                    "images_per_s": tr["images_per_s"], "nm_share": nm_share},
+                    layer_stats=layer_stats, snapshot=epoch in snapshot_at, improved=improved,
+                    model=model_without_ddp, optimizer=optimizer, scaler=scaler,
+                    progress=progress, hard=hard,
+                    wall_seconds=progress.wall_before + time.perf_counter() - started)
+            progress.previous_hard = hard
             log(f"Epoch [{epoch}/{cfg.epochs}] lr {lr:.5f} rho {rho:.3f} | train Loss "
                 f"{tr['loss']:.4f} Prec@1 {tr['top1']:.3f} Prec@5 {tr['top5']:.3f} | val Loss "
                 f"{va['loss']:.4f} Prec@1 {va['top1']:.3f} Prec@5 {va['top5']:.3f} | N:M share "
@@ -704,23 +759,12 @@ def train(config: TrainConfig) -> Path:
                 f"{tr['images_per_s']:.1f} images/s")
             barrier(rt)
 
-        # result.json: the run is finished
-        if last is None:                      # resumed a checkpoint of the last epoch
-            last = checkpoint["last"]
-        checksums = [mask_checksum(model_without_ddp)]
-        if rt.distributed:
-            gathered: list[Any] = [None] * rt.world_size
-            dist.all_gather_object(gathered, checksums[0])
-            checksums = gathered
-        if len(set(checksums)) > 1:
-            log(f"WARNING: the masks differ between processes: {checksums}")
-        result = {"best_top1": best["top1"], "best_top5": best["top5"],
-                  "best_epoch": best["epoch"], "last_top1": last["top1"],
-                  "last_top5": last["top5"], "epochs": cfg.epochs,
-                  "wall_seconds": wall_before + time.perf_counter() - started,
-                  "world_size": rt.world_size, "mask_checksums": checksums}
-        if rt.is_main:
-            records.write_json(run_dir / records.RESULT, result)
+        # finish: result.json
+        result = finish_run(run_dir, cfg, rt, model_without_ddp, progress,
+                            wall_seconds=progress.wall_before + time.perf_counter() - started)
+        if len(set(result["mask_checksums"])) > 1:
+            log(f"WARNING: the masks differ between processes: {result['mask_checksums']}")
+        best, last = progress.best, progress.last
         log(f"finished: best Prec@1 {best['top1']:.3f} Prec@5 {best['top5']:.3f} (epoch "
             f"{best['epoch']}), last Prec@1 {last['top1']:.3f} Prec@5 {last['top5']:.3f}; "
             f"{run_dir}")
