@@ -389,16 +389,19 @@ def scale_summary(results: Results) -> str:
     if not len(runs):
         return "No run directories found yet.\n"
 
-    def values(key: str) -> str:
-        vals = [v for v in runs[key].tolist() if not (isinstance(v, float) and math.isnan(v))]
+    def values(key: str, unset: str = "?") -> str:
+        """The key's distinct values; ``unset`` for a run that left the option at None."""
+        vals = [unset if v is None else v for v in runs[key].tolist()
+                if not (isinstance(v, float) and math.isnan(v))]
         vals = list(dict.fromkeys(str(v) for v in vals))
         return ", ".join(vals) if vals else "?"
 
     done = results.finished
     wall = pd.to_numeric(done["wall_seconds"], errors="coerce").sum() if len(done) else 0.0
     text = (f"**Scale.** {len(runs)} run(s) ({len(done)} finished) of study "
-            f"`{results.study}`: data set {values('set')}, train subset {values('train_subset')} "
-            f"images, validation subset {values('val_subset')} images, input {values('image_size')} "
+            f"`{results.study}`: data set {values('set')}, train subset "
+            f"{values('train_subset', 'all')} images, validation subset "
+            f"{values('val_subset', 'all')} images, input {values('image_size', 'native')} "
             f"px, batch {values('batch_size')}, {values('epochs')} epochs, incremental window "
             f"epochs {values('increase_start')}–{values('increase_end')} "
             f"({values('prune_schedule')} schedule), device {values('device')}; "

@@ -187,6 +187,8 @@ def test_scale_summary_and_schedule_frame(fake_study):
     for fragment in ("FashionMNIST", "train subset 64", "validation subset 32", "input 16 px",
                      "batch 32", "3 epochs", "0–2"):
         assert fragment in text
+    res.runs["val_subset"] = None                       # the whole test set
+    assert "validation subset all images" in results.scale_summary(res)
     start, end, epochs, chosen = results.study_window(res)
     assert (start, end, epochs, chosen) == (0, 2, 3, "linear")
     frame = results.schedule_frame(0, 30, 40)
