@@ -401,6 +401,7 @@ def run_jobs(kind: str, todo: Sequence[tuple[studies.Row, dict]], *, study: str,
                 # a requeue is read from the job's events, not from the polled state: the
                 # requeued job may be running again (or done) before the next poll
                 requeues = sum(e["event"] == "requeued" for e in events)
+                announced = requeues > item.get("requeues", 0)
                 for _ in range(requeues - item.get("requeues", 0)):
                     _write(bar, echo, f"{rid}: requeued (job {job.job_id}, {raw})")
                 if finished:
@@ -420,7 +421,8 @@ def run_jobs(kind: str, todo: Sequence[tuple[studies.Row, dict]], *, study: str,
                                                 item.get("requeues", 0)):
                     status.update(rid, state=state, job_state=raw,
                                   attempts=item["base"] + starts)
-                    if state != item["state"] and state != "requeued":
+                    # (a requeue the scheduler reports without an event is said here)
+                    if state != item["state"] and not (state == "requeued" and announced):
                         _write(bar, echo, f"{rid}: {state} (job {job.job_id}, {raw})")
                     item["state"], item["raw"], item["requeues"] = state, raw, requeues
             if queue or active:
