@@ -70,10 +70,16 @@ class Results:
 
     def labels(self) -> dict[str, str]:
         """Method name → short label: the registry's, then the study's ``method_labels``."""
-        out = {name: spec.label for name, spec in METHODS.items()}
-        if self.spec is not None:
-            out.update(self.spec.method_labels)
-        return out
+        return method_labels(self.spec)
+
+
+def method_labels(spec: Study | None) -> dict[str, str]:
+    """The registry's short label of every method, overridden by the study's
+    ``[study].method_labels`` when ``spec`` is given."""
+    out = {name: method.label for name, method in METHODS.items()}
+    if spec is not None:
+        out.update(spec.method_labels)
+    return out
 
 
 # ----------------------------------------------------------------------------- loading
@@ -108,9 +114,7 @@ def load_run(run_dir: str | os.PathLike) -> Results:
 
 def _collect(name: str | None, dirs: Sequence[Path], planned: dict, spec: Any) -> Results:
     runs, epochs, layers, run_dirs = [], [], [], {}
-    labels = {name: spec.label for name, spec in METHODS.items()}
-    if spec is not None:
-        labels.update(spec.method_labels)
+    labels = method_labels(spec)
     for d in dirs:
         rec = records.read_run(d)
         cfg = records.read_config(rec["config"])
