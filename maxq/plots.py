@@ -36,7 +36,7 @@ REPORT_FIGURES = {
     "soft_histograms": "soft-mask value histograms over epochs",
     "mask_heatmaps": "soft masks of selected layers at snapshot epochs",
     "schedule_curves": "share of N:M blocks 1 − ρ(t) of every incremental schedule",
-    "ablation_bars": "best top-1 per arm, mean ± std over seeds",
+    "ablation_bars": "best top-1 per arm, mean with 95 % CI over seeds, verdict vs baseline",
     "accuracy_vs_flops": "top-1 (mean, 95 % CI) against GFLOPs per image, one line per method",
     "top1_bars": "best top-1 per row and method, mean with 95 % CI over seeds (axis from 0)",
     "paired_differences": "seed-paired MaxQ − SR-STE per row, mean with 95 % CI",
@@ -590,36 +590,43 @@ def schedule_curves(frame: pd.DataFrame, *, chosen: str | None = None,
 
 def ablation_bars(table: pd.DataFrame, *, ylabel: str = "best top-1 (%)", ncols: int = 3,
                   title: str = "") -> Figure:
-    """Bars with ±std error bars per arm, one panel per group (columns group, arm, mean, std, n
-    as from :func:`maxq.results.ablation_table`)."""
+    """Bars with 95 % CI error bars (Student t over seeds) per arm, one panel per group, the
+    verdict against the group's baseline under each arm (columns as from
+    :func:`maxq.results.ablation_table`)."""
     if not len(table):
         return _empty(title or "ablation")
     groups = list(dict.fromkeys(table["group"]))
     fig, axes = _grid(len(groups), ncols, (max(3.5, 0.9 * table.groupby("group").size().max() + 1.5),
-                                           3.6))
+                                           3.8))
     for ax, group in zip(axes.flat, groups):
         sub = table[table["group"] == group]
         x = np.arange(len(sub))
-        ax.bar(x, sub["mean"], yerr=sub["std"].fillna(0.0), capsize=4,
+        mean = sub["mean"].astype(float)
+        low = (mean - sub["ci95_low"].astype(float)).fillna(0.0)
+        high = (sub["ci95_high"].astype(float) - mean).fillna(0.0)
+        ax.bar(x, mean, yerr=[low, high], capsize=4,
                color=[f"C{i % 10}" for i in range(len(sub))], alpha=0.85)
-        for xi, (mean, n) in enumerate(zip(sub["mean"], sub["n"])):
-            if np.isfinite(mean):
-                ax.text(xi, mean, f" n={n}", ha="center", va="bottom", fontsize=7, rotation=90)
-        ax.set_xticks(x, list(sub["arm"]), rotation=30, ha="right", fontsize=8)
-        finite = sub["mean"][np.isfinite(sub["mean"])]
+        ax.set_xticks(x, [f"{arm}\n({verdict})" for arm, verdict in zip(sub["arm"], sub["verdict"])],
+                      rotation=30, ha="right", fontsize=7)
+        finite = mean[np.isfinite(mean)]
         if len(finite):
-            low = float((finite - sub["std"].fillna(0).loc[finite.index]).min())
-            high = float((finite + sub["std"].fillna(0).loc[finite.index]).max())
-            pad = max(1.0, 0.15 * (high - low))
-            bottom = max(0.0, low - 2 * pad)
-            ax.set_ylim(bottom, min(100.0, high + 2 * pad))
+            bottom_of = float((finite - low.loc[finite.index]).min())
+            top_of = float((finite + high.loc[finite.index]).max())
+            pad = max(1.0, 0.15 * (top_of - bottom_of))
+            bottom = max(0.0, bottom_of - 2 * pad)
+            ax.set_ylim(bottom, min(100.0, top_of + 2 * pad))
             if bottom > 0:                  # say so: bars of a cut axis exaggerate differences
                 ax.text(0.0, 1.0, f"axis cut at {bottom:.0f}", transform=ax.transAxes,
                         fontsize=7, va="bottom", color="C3")
+        for xi, (m, n) in enumerate(zip(mean, sub["n"])):   # inside the bar's foot, off the CI
+            if np.isfinite(m):
+                ax.text(xi, 0.03, f"n={n}", transform=ax.get_xaxis_transform(), ha="center",
+                        va="bottom", fontsize=7, color="white")
         ax.set_title(str(group), fontsize=9)
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title or "Ablation (mean ± std over seeds)")
+    fig.suptitle(title or "Ablation (mean with 95 % CI over seeds; verdict vs the group's first arm)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from maxq import cost, models, records, studies
+from maxq import cost, models, records, stats, studies
 from maxq import schedules as sched
 from maxq.methods import METHODS, is_maxq
 from maxq.studies import Study
@@ -325,40 +325,69 @@ def _method_order(results: Results) -> list[str]:
     return preferred + [m for m in methods if m not in preferred]
 
 
+ABLATION_COLUMNS = ("group", "arm", "baseline", "n", "mean", "std", "ci95_low", "ci95_high",
+                    "n_pairs", "delta_mean", "delta_ci95_low", "delta_ci95_high", "verdict",
+                    "runs")
+
+
 def ablation_table(results: Results, metric: str = "best_top1") -> pd.DataFrame:
-    """Mean ± std over seeds per (group, arm).
+    """Per (group, arm): mean, std and 95 % CI over seeds, and the arm's **seed-paired
+    difference to its group's baseline** (the group's first arm in study order) with its 95 % CI
+    and a verdict (:func:`maxq.stats.verdict`: ``ahead`` / ``behind`` / ``within noise``;
+    the baseline's own line says ``baseline``).
 
     Rows with ``arms = {group = "arm", ...}`` in the study file form the groups (one row can be
     the baseline of several groups); rows without arms are grouped by table row with the
-    method as the arm (for the main studies: MaxQ vs SR-STE per row)."""
-    columns = ["group", "arm", "mean", "std", "n", "runs"]
+    method as the arm (for the main studies: the methods of each row against its first)."""
     runs = results.finished
     if not len(runs):
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=list(ABLATION_COLUMNS))
     labels = results.labels()
     items = []
     for _, r in runs.iterrows():
         arms = r["arms"] if isinstance(r["arms"], dict) and r["arms"] else {
             r["row"]: labels.get(r["method"], r["method"])}
         for group, arm in arms.items():
-            items.append({"group": group, "arm": arm, "value": r[metric], "run": r["run"]})
+            items.append({"group": group, "arm": arm, "seed": r["seed"], metric: r[metric],
+                          "run": r["run"]})
     frame = pd.DataFrame(items)
     out = []
-    for (group, arm), sub in frame.groupby(["group", "arm"], sort=False):
-        mean, std, n = _mean_std(sub["value"])
-        out.append({"group": group, "arm": arm, "mean": mean, "std": std, "n": n,
-                    "runs": " ".join(sub["run"])})
-    return pd.DataFrame(out, columns=columns)
+    for group, members in frame.groupby("group", sort=False):
+        arms = list(dict.fromkeys(members["arm"]))
+        base = members[members["arm"] == arms[0]]
+        for arm in arms:
+            sub = members[members["arm"] == arm]
+            mean, std, low, high, n = stats.mean_interval(sub[metric])
+            line = {"group": group, "arm": arm, "baseline": arms[0], "n": n, "mean": mean,
+                    "std": std if n > 1 else 0.0, "ci95_low": low, "ci95_high": high,
+                    "n_pairs": 0, "delta_mean": math.nan, "delta_ci95_low": math.nan,
+                    "delta_ci95_high": math.nan, "verdict": "baseline",
+                    "runs": " ".join(sub["run"])}
+            if arm != arms[0]:
+                d_mean, _, d_low, d_high, pairs = stats.mean_interval(
+                    stats.paired_differences(sub, base, metric))
+                line.update(n_pairs=pairs, delta_mean=d_mean, delta_ci95_low=d_low,
+                            delta_ci95_high=d_high, verdict=stats.verdict(d_low, d_high, pairs))
+            out.append(line)
+    return pd.DataFrame(out, columns=list(ABLATION_COLUMNS))
 
 
 def ablation_markdown(table: pd.DataFrame, metric: str = "best top-1") -> str:
-    """The ablation table as Markdown: ``mean ± std`` over seeds per (group, arm)."""
+    """The ablation table as Markdown: per (group, arm) the mean [95 % CI] over seeds and the
+    seed-paired difference to the group's baseline [95 % CI] with its verdict."""
     if not len(table):
         return "_no finished runs_\n"
     frame = pd.DataFrame({
         "group": table["group"], "arm": table["arm"],
-        f"{metric} (mean ± std)": [_num(m) + (f" ± {_num(s)}" if n > 1 else "")
-                                   for m, s, n in zip(table["mean"], table["std"], table["n"])],
+        f"{metric} mean [95 % CI]": [
+            stats.interval_text(m, lo, hi) for m, lo, hi in
+            zip(table["mean"], table["ci95_low"], table["ci95_high"])],
+        "Δ to baseline [95 % CI]": [
+            "–" if v == "baseline" else f"{stats.interval_text(m, lo, hi, signed=True)} vs {b}"
+            for m, lo, hi, b, v in zip(table["delta_mean"], table["delta_ci95_low"],
+                                       table["delta_ci95_high"], table["baseline"],
+                                       table["verdict"])],
+        "verdict": table["verdict"],
         "n": table["n"],
     })
     return frame.to_markdown(index=False, disable_numparse=True) + "\n"

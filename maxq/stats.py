@@ -237,10 +237,10 @@ def robustness_markdown(table: pd.DataFrame, claims: pd.DataFrame,
     if len(claims):
         cf = pd.DataFrame({
             "claim": claims["claim"],
-            "Δ reference": [_interval_text(m, lo, hi, signed=True) for m, lo, hi in zip(
+            "Δ reference": [interval_text(m, lo, hi, signed=True) for m, lo, hi in zip(
                 claims["delta_mean"], claims["delta_ci95_low"], claims["delta_ci95_high"])],
             "verdict": claims["verdict"],
-            "Δ re-run": [_interval_text(m, lo, hi, signed=True) for m, lo, hi in zip(
+            "Δ re-run": [interval_text(m, lo, hi, signed=True) for m, lo, hi in zip(
                 claims["delta_mean_rerun"], claims["delta_ci95_low_rerun"],
                 claims["delta_ci95_high_rerun"])],
             "verdict (re-run)": claims["verdict_rerun"],
@@ -276,7 +276,7 @@ def verdicts_markdown(claims: pd.DataFrame) -> str:
     frame = pd.DataFrame({
         "claim": claims["claim"], "paper": claims["paper"],
         "Δ top-1 (A − B), mean [95 % CI]": [
-            _interval_text(m, lo, hi, signed=True) for m, lo, hi in zip(
+            interval_text(m, lo, hi, signed=True) for m, lo, hi in zip(
                 claims["delta_mean"], claims["delta_ci95_low"], claims["delta_ci95_high"])],
         "pairs": claims["n_pairs"], "verdict": [f"**{v}**" for v in claims["verdict"]],
     })
@@ -295,7 +295,7 @@ def summary_markdown(table: pd.DataFrame) -> str:
         "N:M": ["dense" if method == DENSE else f"{n}:{m}"
                 for method, n, m in zip(table["method"], table["N"], table["M"])],
         "method": table["method_label"],
-        "top-1 mean [95 % CI]": [_interval_text(m, lo, hi) for m, lo, hi in zip(
+        "top-1 mean [95 % CI]": [interval_text(m, lo, hi) for m, lo, hi in zip(
             table["top1_mean"], table["top1_ci95_low"], table["top1_ci95_high"])],
         "n": table["n"], "std": num(table["top1_std"], ".2f"),
         "Δ to dense": num(table["delta_to_dense"], "+.2f"),
@@ -306,7 +306,8 @@ def summary_markdown(table: pd.DataFrame) -> str:
     return frame.to_markdown(index=False, disable_numparse=True) + "\n"
 
 
-def _interval_text(mean: float, low: float, high: float, signed: bool = False) -> str:
+def interval_text(mean: float, low: float, high: float, signed: bool = False) -> str:
+    """``mean [low, high]`` with 2 decimals (signed for differences); says so when n < 2."""
     if not np.isfinite(mean):
         return "–"
     fmt = "+.2f" if signed else ".2f"

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import t as stats_t
 
-from maxq import batch, records, results, studies
+from maxq import batch, records, results, stats, studies
 
 STUDY = """
 [study]
@@ -166,8 +167,28 @@ def test_ablation_table_groups(fake_study, tmp_path):
     assert set(table["group"]) == {"resnet18-2of4", "mbv1-1of4"}
     line = table[(table["group"] == "resnet18-2of4") & (table["arm"] == "MaxQ")].iloc[0]
     assert line["mean"] == pytest.approx(82.5) and line["n"] == 2
-    assert ["resnet18-2of4", "MaxQ", "82.50 ± 0.71", "2"] in markdown_rows(
-        results.ablation_markdown(table))
+    runs = res.finished.set_index("seed")
+    in_row = runs[runs["row"] == "resnet18-2of4"]
+    maxq_top1 = in_row[in_row["method"] == "SoftMaxQConv2DBN"]["best_top1"]
+    half = stats_t.ppf(0.975, 1) * maxq_top1.std(ddof=1) / np.sqrt(2)
+    assert line["ci95_low"] == pytest.approx(82.5 - half)
+    assert line["ci95_high"] == pytest.approx(82.5 + half)
+    assert line["verdict"] == "baseline" and np.isnan(line["delta_mean"])   # the row's first arm
+    # every other arm: seed-paired difference to the group's first arm, verdict from its CI
+    other = table[(table["group"] == "resnet18-2of4") & (table["arm"] == "SR-STE")].iloc[0]
+    diffs = in_row[in_row["method"] == "SoftSRSTEConv2dBN"]["best_top1"] - maxq_top1
+    assert other["baseline"] == "MaxQ" and other["n_pairs"] == 2
+    # the made-up runs differ by exactly -2 at every seed: a zero-width interval, "behind"
+    assert list(diffs) == [-2.0, -2.0]
+    low = high = -2.0
+    assert (other["delta_mean"], other["delta_ci95_low"], other["delta_ci95_high"]) == (
+        low, low, high)
+    assert other["verdict"] == "behind"
+    rows = {tuple(r[:2]): r[2:] for r in markdown_rows(results.ablation_markdown(table))}
+    assert rows[("resnet18-2of4", "MaxQ")] == [f"82.50 [{82.5 - half:.2f}, {82.5 + half:.2f}]",
+                                               "–", "baseline", "2"]
+    assert rows[("resnet18-2of4", "SR-STE")][1] == (
+        f"{diffs.mean():+.2f} [{low:+.2f}, {high:+.2f}] vs MaxQ")
     # arms: one run may be the baseline of several groups
     text = STUDY.replace('id = "mbv1-1of4"', 'id = "mbv1-1of4"\narms = {a = "x", b = "y"}')
     path2 = tmp_path / "arms.toml"
