@@ -504,13 +504,10 @@ def save_table(table: pd.DataFrame, path_stem: str | os.PathLike,
 
 
 def _plain_md(frame: pd.DataFrame) -> str:
+    """A table without its own Markdown writer: every cell as :func:`_cell` writes it."""
     if not len(frame):
         return "_empty_\n"
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
-    for _, r in frame.iterrows():
-        lines.append("| " + " | ".join(_cell(r[c]) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
+    return frame.map(_cell).to_markdown(index=False, disable_numparse=True) + "\n"
 
 
 def _cell(value: Any) -> str:

@@ -240,7 +240,11 @@ def test_save_table_writes_csv_and_markdown(tmp_path, fake_study):
     assert [p.name for p in written] == ["runs.csv", "runs.md"]
     back = pd.read_csv(written[0])
     assert len(back) == 8 and "best_top1" in back.columns
-    assert written[1].read_text().startswith("| study | run |")
+    rows = markdown_rows(written[1].read_text())
+    assert rows[0][:2] == ["study", "run"] and len(rows) == 1 + 8
+    best = rows[0].index("best_top1")
+    assert sorted(r[best] for r in rows[1:]) == sorted(
+        "–" if math.isnan(v) else f"{v:.4g}" for v in res.runs["best_top1"])
 
 
 def test_status_frame(tmp_path):
