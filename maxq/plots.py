@@ -606,7 +606,8 @@ def ablation_bars(table: pd.DataFrame, *, ylabel: str = "best top-1 (%)", ncols:
         high = (sub["ci95_high"].astype(float) - mean).fillna(0.0)
         ax.bar(x, mean, yerr=[low, high], capsize=4,
                color=[f"C{i % 10}" for i in range(len(sub))], alpha=0.85)
-        ax.set_xticks(x, [f"{arm}\n({verdict})" for arm, verdict in zip(sub["arm"], sub["verdict"])],
+        ax.set_xticks(x, [f"{arm}\n({verdict})"
+                          for arm, verdict in zip(sub["arm"], sub["verdict"])],
                       rotation=30, ha="right", fontsize=7)
         finite = mean[np.isfinite(mean)]
         if len(finite):
@@ -625,8 +626,8 @@ def ablation_bars(table: pd.DataFrame, *, ylabel: str = "best top-1 (%)", ncols:
         ax.set_title(str(group), fontsize=9)
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(title or "Ablation (mean with 95 % CI over seeds; verdict vs the group's first arm)",
-                 fontsize=10)
+    fig.suptitle(title or "Ablation (mean with 95 % CI over seeds; verdict vs the group's "
+                          "first arm)", fontsize=10)
     fig.tight_layout()
     return fig
 
