@@ -346,3 +346,90 @@ def convergence_markdown(table: pd.DataFrame, threshold: float = 0.5) -> str:
             f"{len(table)} runs: **{'converged' if met == len(table) else 'not converged'}** by "
             f"that criterion.\n\n")
     return text + table.round(2).to_markdown(index=False) + "\n"
+
+
+# ----------------------------------------------------------------------------- replication
+REPLICATION_COLUMNS = ("claim", "metric", "seeds_discovery", "delta_discovery",
+                       "verdict_discovery", "seeds_heldout", "delta_heldout", "verdict_heldout",
+                       "delta_all", "verdict_all", "replicated")
+
+
+def _seed_text(runs: pd.DataFrame) -> str:
+    seeds = sorted({int(s) for s in runs["seed"].dropna()}) if len(runs) else []
+    if not seeds:
+        return "–"
+    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def replication(discovery: pd.DataFrame, heldout: pd.DataFrame,
+                claims: Sequence[dict[str, Any]],
+                metrics: Sequence[str] = (METRIC, "last_top1")) -> pd.DataFrame:
+    """Does each claim's verdict replicate on held-out seeds? Per claim and metric: the
+    seed-paired ``A − B`` with its 95 % CI and verdict on the discovery seeds, on the held-out
+    seeds and on both pooled; ``replicated`` only when both halves have a verdict (≥ 2 pairs)
+    and it is the same one. The two run tables must not share a (row, method, seed)."""
+    keys = ["row", "method", "seed"]
+    a, b = _finished(discovery), _finished(heldout)
+    if len(a) and len(b):
+        shared = a[keys].merge(b[keys], on=keys)
+        if len(shared):
+            first = shared.iloc[0]
+            raise ValueError(f"discovery and held-out runs share seeds, e.g. row "
+                             f"{first['row']!r}, method {first['method']!r}, seed "
+                             f"{first['seed']}: held-out seeds must be new seeds")
+    pooled = pd.concat([a, b], ignore_index=True) if len(a) or len(b) else a
+    out = []
+    for claim in claims:
+        for metric in metrics:
+            parts = {}
+            for name, runs in (("discovery", a), ("heldout", b), ("all", pooled)):
+                line = claim_table(runs, [claim], metric).iloc[0]
+                parts[name] = line
+            vd, vh = parts["discovery"]["verdict"], parts["heldout"]["verdict"]
+            decided = parts["discovery"]["n_pairs"] >= 2 and parts["heldout"]["n_pairs"] >= 2
+            cells = {"claim": claim["claim"], "metric": metric}
+            for name, line in parts.items():
+                cells[f"delta_{name}"] = interval_text(
+                    line["delta_mean"], line["delta_ci95_low"], line["delta_ci95_high"],
+                    signed=True) + f" (n = {line['n_pairs']})"
+                cells[f"verdict_{name}"] = line["verdict"]
+            for name, runs in (("discovery", a), ("heldout", b)):
+                used = runs[((runs["row"] == claim["row_a"]) & (runs["method"] == claim["method_a"]))
+                            ] if len(runs) else runs
+                cells[f"seeds_{name}"] = _seed_text(used)
+            cells["replicated"] = bool(decided and vd == vh)
+            out.append(cells)
+    return pd.DataFrame(out, columns=list(REPLICATION_COLUMNS))
+
+
+def replication_markdown(table: pd.DataFrame, discovery_source: str = "") -> str:
+    """The replication section: per claim and metric the verdict on each half and pooled, and
+    one sentence counting the claims whose verdict replicated by the paper's metric."""
+    if not len(table):
+        return "_no claims to replicate_\n"
+    names = {METRIC: "best epoch", "last_top1": "last epoch"}
+    frame = pd.DataFrame({
+        "claim": table["claim"],
+        "top-1": [names.get(m, m) for m in table["metric"]],
+        "discovery seeds": table["seeds_discovery"],
+        "Δ discovery [95 % CI]": table["delta_discovery"],
+        "verdict": table["verdict_discovery"],
+        "held-out seeds": table["seeds_heldout"],
+        "Δ held-out [95 % CI]": table["delta_heldout"],
+        "verdict (held-out)": table["verdict_heldout"],
+        "Δ all seeds [95 % CI]": table["delta_all"],
+        "verdict (all)": table["verdict_all"],
+        "replicated": ["**replicated**" if r else "not replicated" for r in table["replicated"]],
+    })
+    main = table[table["metric"] == METRIC]
+    agree = main[main["replicated"]]
+    text = (f"By best-epoch top-1 (the paper's metric) {len(agree)} of {len(main)} claims give the "
+            f"same verdict on the held-out seeds as on the discovery seeds")
+    if len(agree):
+        text += ": " + "; ".join(f"{c} ({v})" for c, v in
+                                 zip(agree["claim"], agree["verdict_discovery"]))
+    text += ". A verdict is called replicated only when both halves agree.\n"
+    source = f"Discovery runs: {discovery_source}.\n\n" if discovery_source else ""
+    return source + frame.to_markdown(index=False, disable_numparse=True) + "\n\n" + text

@@ -64,7 +64,7 @@ _STUDY_KEYS = {"study", "defaults", "rows", "claims", "slurm"}
 #: and method each), and for "margin" claims the margin in points (A within ``margin`` of B)
 _CLAIM_KEYS = {"claim", "paper", "row_a", "method_a", "row_b", "method_b", "margin"}
 _STUDY_META_KEYS = {"description", "methods", "seeds", "notebook", "method_labels", "focus",
-                    "scale_note"}
+                    "scale_note", "replicates"}
 _ROW_META_KEYS = {"id", "methods", "method", "seeds", "arms", "note"}
 
 
@@ -117,6 +117,8 @@ class Study:
     focus: str | None = None
     scale_note: str = ""
     claims: list[dict[str, Any]] = field(default_factory=list)
+    #: the study whose claims this one re-tests on new seeds (``[study] replicates``)
+    replicates: str | None = None
     slurm: dict[str, Any] = field(default_factory=dict)   # [slurm]: see maxq.executors
 
 
@@ -217,6 +219,9 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
             raise StudyError(f"{label}: 'arms' must be a table {{group = \"arm\"}}")
         checked.append(row)
     claims = [_check_claim(c, i, where, seen) for i, c in enumerate(data.get("claims", []))]
+    replicates = meta.get("replicates")
+    if replicates is not None and not (isinstance(replicates, str) and _SAFE_ID.match(replicates)):
+        raise StudyError(f"{where}: [study].replicates must be a study name; got {replicates!r}")
     slurm = data.get("slurm", {})
     if slurm:
         from maxq.executors import SlurmOptions   # executors import studies: a real cycle
@@ -227,7 +232,7 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
                  notebook=meta.get("notebook"),
                  method_labels=dict(meta.get("method_labels", {})),
                  focus=meta.get("focus"), scale_note=str(meta.get("scale_note", "")),
-                 claims=claims, slurm=dict(slurm))
+                 claims=claims, replicates=replicates, slurm=dict(slurm))
 
 
 def _check_claim(claim: Any, i: int, where: str, row_ids: set[str]) -> dict[str, Any]:

@@ -283,3 +283,19 @@ def test_load_real_run_directories(real_run):
     assert res.mask_epochs("row-a") == [0, 1]
     pick = results.mask_choice(res)
     assert pick["soft"].shape == pick["hard"].shape and pick["soft"].max() <= 3.0
+
+
+def test_discovery_runs_fall_back_to_the_committed_runs_table(tmp_path):
+    """A held-out study replicates `claims`, whose run directories are not here: its committed
+    report's runs table stands in, and a recipe difference is named option by option."""
+    runs, source = results.discovery_runs("claims", runs_root=tmp_path / "runs")
+    assert int(runs["finished"].sum()) == len(runs) == 35
+    assert "reports/claims/runs.csv" in source
+    assert results.same_recipe(runs, runs) == []
+    other = runs.copy()
+    other.loc[other["row"] == "2of4", "epochs"] = 12
+    diff = results.same_recipe(runs, other)
+    assert diff and all("epochs" in line and line.startswith("2of4") for line in diff)
+    with pytest.raises(ValueError, match="nothing to replicate"):
+        results.discovery_runs("smoke", runs_root=tmp_path / "runs",
+                               reports_root=tmp_path / "reports")

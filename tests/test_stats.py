@@ -131,3 +131,46 @@ def test_convergence_of_the_dense_runs():
     assert table["gain_last_two_epochs"].tolist() == pytest.approx([0.2, 2.0])
     assert table["converged"].tolist() == [True, False]
     assert "not converged" in stats.convergence_markdown(table)
+
+
+# ----------------------------------------------------------------------------- replication
+_CLAIM = [{"claim": "MQ beats SR", "row_a": "1of16", "method_a": "MQ", "row_b": "1of16",
+           "method_b": "SR"}]
+
+
+def _shifted(runs: pd.DataFrame, by: int) -> pd.DataFrame:
+    out = runs.copy()
+    out["seed"] = out["seed"] + by
+    out["last_top1"] = out["best_top1"]
+    return out
+
+
+def test_replication_calls_a_verdict_replicated_only_when_both_halves_agree():
+    base = [70.0, 75.0, 80.0, 85.0, 90.0]
+    ahead = _shifted(_runs({("1of16", "SR"): base, ("1of16", "MQ"): [v + 1.0 for v in base]}), 0)
+    noisy = _shifted(_runs({("1of16", "SR"): base,
+                            ("1of16", "MQ"): [v + d for v, d in zip(base, [3, -2, 2, -3, 1])]}), 5)
+    table = stats.replication(ahead, noisy, _CLAIM, metrics=("best_top1",))
+    line = table.iloc[0]
+    assert (line["verdict_discovery"], line["verdict_heldout"]) == ("ahead", "within noise")
+    assert not line["replicated"]
+    assert line["seeds_discovery"] == "0–4" and line["seeds_heldout"] == "5–9"
+    # the pooled verdict is the claim table's on all ten seeds
+    pooled = stats.claim_table(pd.concat([ahead, noisy]), _CLAIM).iloc[0]
+    assert line["verdict_all"] == pooled["verdict"]
+    assert line["delta_all"].startswith(f"{pooled['delta_mean']:+.2f} [")
+    again = _shifted(ahead, 5)
+    same = stats.replication(ahead, again, _CLAIM, metrics=("best_top1",)).iloc[0]
+    assert same["replicated"] and same["verdict_heldout"] == "ahead"
+    text = stats.replication_markdown(stats.replication(ahead, again, _CLAIM))
+    assert "1 of 1 claims" in text and "**replicated**" in text
+
+
+def test_replication_needs_two_pairs_per_half_and_new_seeds():
+    base = [70.0, 75.0, 80.0]
+    a = _shifted(_runs({("1of16", "SR"): base, ("1of16", "MQ"): [v + 1 for v in base]}), 0)
+    one = _shifted(_runs({("1of16", "SR"): [70.0], ("1of16", "MQ"): [71.0]}), 5)
+    line = stats.replication(a, one, _CLAIM, metrics=("best_top1",)).iloc[0]
+    assert line["verdict_heldout"] == "no verdict (n < 2)" and not line["replicated"]
+    with pytest.raises(ValueError, match="share seeds"):
+        stats.replication(a, a, _CLAIM)
