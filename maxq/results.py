@@ -29,6 +29,9 @@ from maxq import cost, models, records, stats, studies
 from maxq import schedules as sched
 from maxq.methods import METHODS, is_maxq
 from maxq.studies import Study
+# the authors' logs, for the paper study's report (re-exported: maxq.results.read_official_log)
+from maxq.official_logs import (official_curves, official_summary,  # noqa: F401
+                                read_official_log, read_official_results, read_official_test_log)
 
 MAXQ = "SoftMaxQConv2DBN"
 SRSTE = "SoftSRSTEConv2dBN"
