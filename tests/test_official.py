@@ -512,3 +512,69 @@ def test_import_with_log_gives_metrics_and_report_tables(tmp_path):
     assert table.set_index("row").loc["resnet50-2of4", "official_best_top1"] == parsed[
         "best_top1"].iloc[-1]
     assert table.set_index("row").loc["resnet34-1of4", "official_test_top1"] == 75.47
+
+
+def test_seed_test_command_evaluates_an_authors_checkpoint(tmp_path, capsys):
+    """``maxq train DATA --set ImageNet -a resnet18 --N 2 --M 4 --conv-bn-type SoftMaxQConv2DBN
+    --pretrained AUTHORS.pth --evaluate`` on a 1000-class ImageFolder: its printed loss is the
+    cross-entropy of the independent eval forward over the same validation images."""
+    from PIL import Image
+
+    from maxq import train as tr
+    from maxq.distributed import setup_runtime, teardown_runtime
+
+    tree = tmp_path / "imagenet"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(1000):
+            folder = tree / split / f"n{c:05d}"
+            folder.mkdir(parents=True)
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(folder / "0.png")
+    state = official_state("resnet18-2of4", 2, 4)
+    ckpt = as_numpy1_and_cuda(save_checkpoint(tmp_path / "best.resnet18.pth.tar", state,
+                                              "resnet18"))
+    argv = ["train", str(tree), "--set", "ImageNet", "-a", "resnet18", "--N", "2", "--M", "4",
+            "--conv-bn-type", "SoftMaxQConv2DBN", "--pretrained", str(ckpt), "--evaluate",
+            "--image-size", str(SIZE), "--val-subset", "6", "-b", "8", "--workers", "0",
+            "--amp", "off", "--device", "cpu"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert out.startswith("evaluate: Prec@1") and "on 6 images" in out
+    printed_loss = float(out.split("Loss ")[1].split()[0])
+    cfg = TrainConfig(data=str(tree), set="ImageNet", arch="resnet18", N=2, M=4,
+                      conv_bn_type="SoftMaxQConv2DBN", image_size=SIZE, val_subset=6,
+                      batch_size=8, workers=0, amp="off", device="cpu").resolved()
+    rt = setup_runtime(cfg.device, cfg.amp)
+    try:
+        loaders = tr.build_loaders(cfg, rt, drop_last=False)
+        losses = [F.cross_entropy(reference(state, x)[0], y, reduction="sum",
+                                  label_smoothing=cfg.label_smoothing) for x, y in loaders.val]
+    finally:
+        teardown_runtime(rt)
+    assert printed_loss == pytest.approx(float(sum(losses)) / 6, abs=1e-4)
+    # the same command at another N:M is refused in one line
+    assert cli.main([a if a != "2" else "1" for a in argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--N 1 --M 4 does not fit" in err[0]
+
+
+def test_export_reads_an_authors_checkpoint_directly(tmp_path, capsys):
+    """``maxq export AUTHORS.pth --arch mobilenet_v1 --nm 1:4``: fold W * stored mask into the
+    kit's torchvision-named MobileNetV1, verified 1:4; the wrong N:M writes nothing."""
+    state = official_state("mobilenet_v1-2of4", 1, 4)
+    ckpt = as_numpy1_and_cuda(save_checkpoint(tmp_path / "best.mobilenet_v1.pth.tar", state,
+                                              "mobilenet_v1"))
+    out = tmp_path / "mv1.pth"
+    assert cli.main(["export", str(ckpt), "--arch", "mobilenet_v1", "--nm", "2:4",
+                     "--out", str(out)]) == 2
+    assert "does not fit" in capsys.readouterr().err and not out.exists()
+    assert cli.main(["export", str(ckpt), "--arch", "mobilenet_v1", "--nm", "1:4",
+                     "--out", str(out)]) == 0
+    folded = torch.load(out, weights_only=True)
+    stock = official.models.build("mobilenet_v1", 1000).eval()
+    stock.load_state_dict(folded, strict=True)
+    x = images()
+    with torch.no_grad():
+        assert float((stock(x) - reference(state, x)[0]).abs().max()) <= 1e-4
+    pw = folded["features.1.1.0.weight"]
+    assert int((pw != 0).reshape(pw.shape[0], -1, 4).sum(-1).max()) == 1
