@@ -17,11 +17,12 @@ the first line that fits none of them is an :class:`OfficialLogError` naming its
 * :func:`parse_official_log` — both, plus every printed batch line and the header lines.
 * :func:`read_official_results` — their ``results.csv`` (comma-and-space separated).
 * :func:`official_curves` / :func:`official_summary` — the authors' curves and final/best top-1
-  of the paper study's rows, found by the folder convention
+  of the paper study's rows (:func:`official_overlay` / :func:`official_comparison`: beside the
+  kit's runs of a study; :func:`overlay_figure` draws them), found by the folder convention
   ``<runs_root>/official/<row id>/train.log`` (and ``test.log``), or an imported run's
   ``metrics.jsonl`` there (``maxq import-official ... --log``).
 
-Pure text and pandas: no torch.
+Text and pandas (matplotlib only in :func:`overlay_figure`): no torch.
 """
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ import pandas as pd
 __all__ = [
     "OfficialLogError", "OfficialLog", "parse_official_log", "read_official_log",
     "read_official_test_log", "read_official_results", "official_dir", "official_curves",
-    "official_summary", "OFFICIAL_DIR", "EPOCH_COLUMNS", "TEST_COLUMNS",
+    "official_summary", "official_comparison", "official_overlay", "overlay_figure",
+    "OFFICIAL_DIR", "EPOCH_COLUMNS", "TEST_COLUMNS",
 ]
 
 #: where the authors' files of a study row live under the runs root: ``official/<row id>/``
@@ -355,3 +357,57 @@ def official_summary(rows: Iterable[str], runs_root: str | os.PathLike | None = 
     return pd.DataFrame(out, columns=["row", "official_epochs", "official_last_top1",
                                       "official_best_top1", "official_test_top1",
                                       "official_test_top5"])
+
+
+# ----------------------------------------------------------------------------- beside the kit's
+def official_comparison(res: Any, runs_root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Per study row and kit method (finished runs of ``res``, a :class:`maxq.results.Results`):
+    the kit's best top-1 (mean over seeds, ``n``) beside the paper's and the authors' last/best
+    (their training log) and tested top-1 (their test log). Only rows with authors' files."""
+    runs = res.runs
+    rows = list(dict.fromkeys(runs["row"].dropna().astype(str))) if len(runs) else []
+    authors = official_summary(rows, runs_root)
+    columns = ["row", "method", "n", "kit_best_top1", "paper_top1", "official_last_top1",
+               "official_best_top1", "official_test_top1"]
+    if authors.empty:
+        return pd.DataFrame(columns=columns)
+    done = runs[runs["finished"] & runs["row"].astype(str).isin(set(authors["row"]))]
+    kit = (done.groupby(["row", "method"], sort=False)
+           .agg(n=("best_top1", "count"), kit_best_top1=("best_top1", "mean"),
+                paper_top1=("paper_top1", "first")).reset_index())
+    out = kit.merge(authors, on="row", how="right")
+    return out[columns]
+
+
+def official_overlay(res: Any, runs_root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The kit's validation top-1 per epoch (``res.epochs``) and the authors' curve, one frame:
+    ``row, run, method, epoch, val_top1, source`` (``source`` "kit" or the authors' file), only
+    for rows with an authors' curve."""
+    rows = list(dict.fromkeys(res.runs["row"].dropna().astype(str))) if len(res.runs) else []
+    theirs = official_curves(rows, runs_root)
+    columns = ["row", "run", "method", "epoch", "val_top1", "source"]
+    if theirs.empty:
+        return pd.DataFrame(columns=columns)
+    ours = res.epochs[res.epochs["row"].astype(str).isin(set(theirs["row"]))]
+    ours = ours.assign(source="kit")[["row", "run", "method", "epoch", "val_top1", "source"]]
+    theirs = theirs.assign(run="authors", method="authors")[columns]
+    return pd.concat([ours, theirs], ignore_index=True)[columns]
+
+
+def overlay_figure(overlay: pd.DataFrame):
+    """One panel per row: the authors' accuracy-vs-epoch curve (black) beside the kit's runs."""
+    import matplotlib.pyplot as plt
+
+    rows = list(dict.fromkeys(overlay["row"]))
+    fig, axes = plt.subplots(1, max(1, len(rows)), figsize=(4.5 * max(1, len(rows)), 3.2),
+                             squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        part = overlay[overlay["row"] == row]
+        for (run, method), line in part.groupby(["run", "method"], sort=False):
+            authors = method == "authors"
+            ax.plot(line["epoch"], line["val_top1"], color="black" if authors else None,
+                    lw=2 if authors else 1, label="authors" if authors else f"{method} ({run})")
+        ax.set(title=row, xlabel="epoch", ylabel="val top-1 (%)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

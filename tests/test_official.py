@@ -18,6 +18,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -578,3 +579,71 @@ def test_export_reads_an_authors_checkpoint_directly(tmp_path, capsys):
         assert float((stock(x) - reference(state, x)[0]).abs().max()) <= 1e-4
     pw = folded["features.1.1.0.weight"]
     assert int((pw != 0).reshape(pw.shape[0], -1, 4).sum(-1).max()) == 1
+
+
+def test_authors_curves_beside_the_kit_runs_of_a_study(tmp_path):
+    """The report's overlay and table: rows with ``runs/official/<row id>/train.log``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    root = tmp_path / "runs"
+    folder = official_logs.official_dir("resnet50-2of4", root)
+    folder.mkdir(parents=True)
+    (folder / "train.log").write_text((LOGS / "resnet50-2of4-train.log").read_text())
+    runs = pd.DataFrame({"row": ["resnet50-2of4", "resnet50-2of4", "resnet34-1of4"],
+                         "run": ["a", "b", "c"], "method": ["SoftMaxQConv2DBN"] * 3,
+                         "finished": [True, True, True], "best_top1": [40.0, 42.0, 30.0],
+                         "paper_top1": [77.6, 77.6, 74.2]})
+    epochs = pd.DataFrame({"row": ["resnet50-2of4"] * 2 + ["resnet34-1of4"],
+                           "run": ["a", "a", "c"], "method": ["SoftMaxQConv2DBN"] * 3,
+                           "epoch": [0, 1, 0], "val_top1": [30.0, 40.0, 30.0]})
+    res = results.Results("paper", runs, epochs, pd.DataFrame())
+    table = results.official_comparison(res, root)
+    theirs = official_logs.read_official_log(folder / "train.log")
+    assert table[["row", "n", "kit_best_top1"]].values.tolist() == [["resnet50-2of4", 2, 41.0]]
+    assert table["official_best_top1"].item() == theirs["best_top1"].iloc[-1]
+    assert table["official_last_top1"].item() == theirs["val_top1"].iloc[-1]
+    overlay = results.official_overlay(res, root)
+    assert set(overlay["row"]) == {"resnet50-2of4"}
+    assert list(overlay.loc[overlay["source"] != "kit", "val_top1"]) == list(theirs["val_top1"])
+    assert len(official_logs.overlay_figure(overlay).axes) == 1
+    empty = results.official_comparison(res, tmp_path / "nowhere")
+    assert empty.empty and results.official_overlay(res, tmp_path / "nowhere").empty
+    # the report notebook's cell, run on these frames: the table and the figure are written
+    import nbformat
+    from IPython.display import Markdown
+
+    from maxq import paths, plots
+
+    nb = nbformat.read(str(paths.REPO_ROOT / "notebooks" / "report.ipynb"), as_version=4)
+    cell = next(c for c in nb.cells if c.get("id") == "report-official")
+    out = tmp_path / "report"
+    (out / "figures").mkdir(parents=True)
+    shown = []
+    exec(cell.source, {"results": results, "plots": plots, "res": res, "runs_root": root,
+                       "out": out, "figures": out / "figures", "Markdown": Markdown,
+                       "display": shown.append})
+    assert (out / "official.csv").is_file() and shown
+    assert list((out / "figures").glob("official_curves.*"))
+
+
+def test_readme_commands_per_table_row_parse_and_match_the_seed_table():
+    """The README's "Evaluate the authors' released models" table: one command per seed-table
+    row, each a valid ``maxq train`` evaluation of that row's arch and N:M, with its top-1."""
+    import csv
+
+    from maxq import paths
+
+    readme = (paths.REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Evaluate the authors' released models", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ") and "`maxq train" in line]
+    seed = list(csv.DictReader((REFERENCE / "seed_table.csv").open()))
+    assert len(lines) == len(seed)
+    for line, row in zip(lines, seed):
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        command = cells[5].strip("`").split()[1:]
+        args = cli.build_parser("train").parse_args(command)
+        cfg = cli.config_from_args(args)
+        assert (cfg.arch, cfg.N, cfg.M, cfg.evaluate) == (row["arch"], int(row["N"]),
+                                                           int(row["M"]), True)
+        assert cells[1] == f"{row['N']}:{row['M']}" and cells[3] == row["top1"]
