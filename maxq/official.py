@@ -193,7 +193,9 @@ def _torchvision_module(conv: str, bn: str | None) -> str:
     """Assumed scheme on torchvision names: a conv-BN pair ``P.0``/``P.1`` (a
     Conv2dNormActivation) becomes the conv-BN module ``P``; any other sparse conv (e.g.
     MobileNetV2's projection ``features.i.conv.2`` with BN ``.conv.3``) becomes the module in
-    the conv's own place, the BN's place vanishing (as the authors' MobileNetV1 does)."""
+    the conv's own place, the BN's place vanishing (as the authors' MobileNetV1 does); a sparse
+    conv with no BN after it (V3's squeeze-excitation ``fc1``/``fc2``, with bias) also keeps its
+    place: ``fc1.conv.weight``, ``fc1.conv.bias``, ``fc1.mask``."""
     head, _, last = conv.rpartition(".")
     if last == "0" and bn == f"{head}.1":
         return head

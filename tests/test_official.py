@@ -328,13 +328,15 @@ def test_bad_checkpoints_are_refused_naming_the_first_mismatch(tmp_path):
     assert "not an authors' checkpoint" in _error(official.read_official, kit_like, "resnet50", 2, 4)
 
 
-def test_torchvision_named_mobilenet_v2_is_mapped_on_the_documented_assumption(tmp_path):
-    """MobileNetV2 (no authors' model code): the conv-BN scheme on torchvision's names, e.g.
-    ``features.2.conv.0.0``/``.0.1`` -> ``features.2.conv.0.{conv,scale,mask}`` and the
-    projection ``features.2.conv.2``/``.conv.3`` -> ``features.2.conv.2.{conv,scale,mask}``."""
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_torchvision_named_mobilenets_are_mapped_on_the_documented_assumption(arch, tmp_path):
+    """MobileNetV2/V3 (no authors' model code): the conv-BN scheme on torchvision's names, e.g.
+    ``features.2.conv.0.0``/``.0.1`` -> ``features.2.conv.0.{conv,scale,mask}``, the
+    projection ``features.2.conv.2``/``.conv.3`` -> ``features.2.conv.2.{conv,scale,mask}``,
+    and a sparse conv without BN (V3's squeeze-excitation ``fc1``) -> ``fc1.{conv,mask}``."""
     import torchvision
 
-    stock = torchvision.models.mobilenet_v2(num_classes=1000).eval()
+    stock = getattr(torchvision.models, arch)(num_classes=1000).eval()
     g = torch.Generator().manual_seed(0)
     theirs: dict[str, torch.Tensor] = {}
     sparse = {}
@@ -346,7 +348,8 @@ def test_torchvision_named_mobilenet_v2_is_mapped_on_the_documented_assumption(t
         if module in sparse:
             owner = module[:-2] if module.endswith(".0") else module
             theirs[f"{owner}.conv.{param}"] = value
-            theirs[f"{owner}.mask"] = soft_mask(value, 2, 4, g)
+            if param == "weight":
+                theirs[f"{owner}.mask"] = soft_mask(value, 2, 4, g)
         elif module.endswith(".1") and module[:-2] + ".0" in sparse:
             theirs[f"{module[:-2]}.scale.{param}"] = value
         elif (module.rpartition(".")[0] + "." + str(int(module.rpartition(".")[2]) - 1)
@@ -356,9 +359,12 @@ def test_torchvision_named_mobilenet_v2_is_mapped_on_the_documented_assumption(t
             theirs[f"{head}.{int(idx) - 1}.scale.{param}"] = value
         else:
             theirs[key] = value
-    assert "features.2.conv.2.mask" in theirs and "features.2.conv.0.scale.weight" in theirs
-    path = save_checkpoint(tmp_path / "v2.pth", theirs, "mobilenet_v2")
-    model = official.load_official(path, "mobilenet_v2", 2, 4)
+    if arch == "mobilenet_v2":
+        assert "features.2.conv.2.mask" in theirs and "features.2.conv.0.scale.weight" in theirs
+    else:
+        assert "features.1.block.1.fc1.conv.bias" in theirs and "features.1.block.2.mask" in theirs
+    path = save_checkpoint(tmp_path / "v.pth", theirs, arch)
+    model = official.load_official(path, arch, 2, 4)
     # the same network with W * mask folded in, in torchvision's own module
     with torch.no_grad():
         for name, module in sparse.items():
@@ -366,10 +372,11 @@ def test_torchvision_named_mobilenet_v2_is_mapped_on_the_documented_assumption(t
             module.weight.mul_(theirs[f"{owner}.mask"])
         x = images()
         assert float((model(x) - stock(x)).abs().max()) <= 1e-4
-    unknown = {k.replace("features.2.conv.2.", "features.2.project."): v for k, v in theirs.items()}
-    msg = _error(official.read_official, save_checkpoint(tmp_path / "u.pth", unknown,
-                                                         "mobilenet_v2"), "mobilenet_v2", 2, 4)
-    assert "missing key features.2.conv.2" in msg and "unknown layout" in msg
+    first = next(k for k in theirs if k.endswith(".mask"))[:-len("mask")]
+    unknown = {k.replace(first, first + "other."): v for k, v in theirs.items()}
+    msg = _error(official.read_official, save_checkpoint(tmp_path / "u.pth", unknown, arch),
+                 arch, 2, 4)
+    assert f"missing key {first}" in msg and "unknown layout" in msg
 
 
 # ============================================================================ logs
