@@ -129,6 +129,19 @@ def run_export(args: argparse.Namespace) -> int:
     return export.run(args)
 
 
+# ============================================================================ maxq import-official
+def add_import_official_arguments(parser: argparse.ArgumentParser) -> None:
+    from maxq import official                   # torch: see the module docstring
+
+    official.add_import_arguments(parser)
+
+
+def run_import_official(args: argparse.Namespace) -> int:
+    from maxq import official
+
+    return official.run_import(args)
+
+
 # ============================================================================ the registry
 SUBCOMMANDS: dict[str, Subcommand] = {
     "train": Subcommand("train one run, or evaluate a checkpoint (the seed's pruning_train.py)",
@@ -139,6 +152,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                          batch.add_report_arguments, batch.run_report_command),
     "export": Subcommand("fold masks and export a run (torchvision, ONNX, 2:4 kernels, INT8)",
                          add_export_arguments, run_export),
+    "import-official": Subcommand("import the authors' released checkpoint (and training log) "
+                                  "as a kit run directory", add_import_official_arguments,
+                                  run_import_official),
 }
 
 

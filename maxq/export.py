@@ -107,8 +107,12 @@ def _resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, Pa
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(model state_dict, other scalar entries such as arch/epoch) of a checkpoint file, loaded
     with ``weights_only=True``; a clear one-line error if it is unreadable."""
+    from maxq import official                   # also reads the authors' files (numpy-1 scalars)
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = official.safe_load(path)
+    except official.OfficialCheckpointError as exc:
+        raise ExportError(f"cannot read checkpoint {path}: {str(exc).split(': ', 1)[-1]}") from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError,
             AttributeError, ImportError, IndexError, TypeError) as exc:
         raise ExportError(f"cannot read checkpoint {path}: not a PyTorch checkpoint or corrupt "
@@ -242,6 +246,14 @@ def load_run(path: str | Path, *, arch: str | None = None, N: int | None = None,
             image_size = spec_ds.image_size if spec_ds else (32 if small_input else 224)
     image_size = int(image_size)
 
+    from maxq import official                   # an authors' checkpoint: map it (--arch, --nm)
+
+    candidate, _ = official.unwrap(state, str(ckpt))
+    if official.is_official_state(candidate):
+        try:
+            state = official.kit_state_for(ckpt, candidate, meta, arch, N, M, spec.name)
+        except official.OfficialCheckpointError as exc:
+            raise ExportError(str(exc)) from None
     if not any(k.endswith(".weight_mask") for k in state):
         raise ExportError(f"{ckpt} holds no N:M masks (no '*.weight_mask' buffers): it is a dense "
                           f"checkpoint; nothing to export as {N}:{M}")

@@ -29,6 +29,11 @@ from maxq import cost, models, records, stats, studies
 from maxq import schedules as sched
 from maxq.methods import METHODS, is_maxq
 from maxq.studies import Study
+# the authors' logs, for the paper study's report (re-exported: maxq.results.read_official_log)
+from maxq.official_logs import (official_comparison, official_curves,  # noqa: F401
+                                official_overlay, official_summary, read_official_log,
+                                read_official_results, read_official_test_log)
+from maxq.official_logs import overlay_figure as official_overlay_figure  # noqa: F401
 
 MAXQ = "SoftMaxQConv2DBN"
 SRSTE = "SoftSRSTEConv2dBN"

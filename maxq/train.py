@@ -185,16 +185,32 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int,
     return model
 
 
-def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_weights(path: str | os.PathLike, cfg: TrainConfig | None = None
+                 ) -> dict[str, torch.Tensor]:
     """The model weights of a checkpoint (ours, the seed's ``{"state_dict": ...}`` or a bare
-    state dict), loaded with ``weights_only=True``; a DDP ``module.`` prefix is dropped."""
-    try:
-        obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint not found: {path}") from None
-    except Exception as exc:  # pickle/zip errors: say which file, in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"cannot load checkpoint {path}: {first}") from None
+    state dict), loaded with ``weights_only=True``; a DDP ``module.`` prefix is dropped. With
+    ``cfg``, an authors' released checkpoint is mapped onto the kit's model of ``cfg.arch`` at
+    ``cfg.N:cfg.M`` (:mod:`maxq.official`: numpy-1 scalars allowed, ``_orig_mod.`` dropped,
+    every key checked)."""
+    from maxq import official
+
+    if cfg is not None:
+        obj = official.safe_load(path)
+        try:
+            state, meta = official.unwrap(obj, str(path))
+        except official.OfficialCheckpointError:
+            state, meta = {}, {}               # not a state dict: said below
+        if official.is_official_state(state):
+            return official.kit_state_for(path, state, meta, cfg.arch, cfg.N, cfg.M,
+                                          cfg.conv_bn_type)
+    else:
+        try:
+            obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"checkpoint not found: {path}") from None
+        except Exception as exc:  # pickle/zip errors: say which file, in one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"cannot load checkpoint {path}: {first}") from None
     state = obj
     if isinstance(obj, dict):
         for key in ("state_dict", "model"):
@@ -667,7 +683,7 @@ def train(config: TrainConfig) -> Path:
         loaders = build_loaders(cfg, rt, drop_last=True)
 
         # model: weights from --pretrained, masks from sparsify, then DDP
-        pretrained = read_weights(cfg.pretrained) if cfg.pretrained else None
+        pretrained = read_weights(cfg.pretrained, cfg) if cfg.pretrained else None
         model = build_model(cfg, loaders.spec.num_classes, loaders.spec.in_channels, pretrained)
         size = int(loaders.spec.image_size)
         layer_table = sparse.describe(model, input_size=(1, loaders.spec.in_channels, size, size))
@@ -791,8 +807,9 @@ def checkpoint_settings(path: str | os.PathLike) -> dict[str, Any]:
     obj = None
     for mmap in (True, False):                # mmap: cheap; the legacy (non-zip) format has none
         try:
-            obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True,
-                             mmap=mmap)
+            from maxq import official     # also reads the authors' files (numpy-1 scalars)
+
+            obj = official.safe_load(path, mmap=mmap)
             break
         except Exception:  # noqa: BLE001 - unreadable files are reported by read_weights
             continue
@@ -844,7 +861,7 @@ def evaluate(config: TrainConfig, explicit: set[str] | None = None) -> dict[str,
         seed_everything(cfg.seed)
         loaders = build_loaders(cfg, rt, drop_last=False)
         model = place(build_model(cfg, loaders.spec.num_classes, loaders.spec.in_channels,
-                                  read_weights(weights_path)), cfg, rt)
+                                  read_weights(weights_path, cfg)), cfg, rt)
         log = RunLog(Path(config.save_dir) / records.LOG if config.save_dir else None,
                      enabled=rt.is_main)
         log(f"evaluating {weights_path}: {cfg.arch} {cfg.conv_bn_type} {cfg.N}:{cfg.M} on "
