@@ -180,8 +180,13 @@ def spre_spatial_mask(weight: torch.Tensor, N: int, M: int) -> torch.Tensor:
     O, I, kh, kw = weight.shape
     rate = 1.0 - N / M
     flat = weight.detach().abs().reshape(-1)
-    pruned = torch.argsort(flat, stable=True)[:int(flat.numel() * rate)]
-    keep = torch.ones_like(flat).scatter_(0, pruned, 0.0).reshape(O * I, kh * kw)
+    pruned = int(flat.numel() * rate)
+    if pruned == 0:
+        keep = torch.ones_like(flat)
+    else:   # the pruned-th smallest |w| is the threshold (O(n); the authors sort, same set
+        #     without ties, which continuous weights do not have)
+        keep = (flat > torch.kthvalue(flat, pruned).values).to(flat.dtype)
+    keep = keep.reshape(O * I, kh * kw)
     sparsity = 1.0 - keep.sum(dim=0) / (O * I)
     return (sparsity < rate).to(weight.dtype).reshape(kh, kw)
 

@@ -537,6 +537,8 @@ def describe(model: nn.Module, N: int | None = None, M: int | None = None, *,
     rows = []
     for name, module in _weighted_layers(model):
         sparse, reason = policy[name]
+        if sparse and info.get("grouping") == "row":
+            reason = f"sparse: blocks of {M} consecutive entries of the (in, kh, kw) row"
         if dense_method:
             sparse, reason = False, f"method {method} is dense"
         weight = module.weight
