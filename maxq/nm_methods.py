@@ -161,14 +161,17 @@ class BiMaskConv2dFunction(torch.autograd.Function):
         x, weight, backward_mask = ctx.saved_tensors
         stride, padding, dilation, groups, has_bias = ctx.conf
         grad_x = grad_w = grad_b = None
+        # under autocast the forward conv ran in the autocast dtype: so do the backward convs
+        # (the gradient's dtype), each gradient returned in its input's dtype
+        work = grad.dtype
         if ctx.needs_input_grad[0]:
-            grad_x = nn_grad.conv2d_input(x.shape, weight * backward_mask, grad, stride, padding,
-                                          dilation, groups)
+            grad_x = nn_grad.conv2d_input(x.shape, (weight * backward_mask).to(work), grad,
+                                          stride, padding, dilation, groups).to(x.dtype)
         if ctx.needs_input_grad[1]:
-            grad_w = nn_grad.conv2d_weight(x, weight.shape, grad, stride, padding, dilation,
-                                           groups)
+            grad_w = nn_grad.conv2d_weight(x.to(work), weight.shape, grad, stride, padding,
+                                           dilation, groups).to(weight.dtype)
         if has_bias and ctx.needs_input_grad[4]:
-            grad_b = grad.sum(dim=(0, 2, 3))
+            grad_b = grad.sum(dim=(0, 2, 3)).to(weight.dtype)
         return grad_x, grad_w, None, None, grad_b, None, None, None, None
 
 

@@ -192,6 +192,19 @@ def test_bimask_gradients_dense_weight_sparse_input():
     assert torch.allclose(x.grad, xb.grad, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", NEW)
+def test_trains_under_autocast(method):
+    """A training step under autocast (bfloat16 on the CPU, as fp16 AMP on a GPU): the backward
+    of every layer accepts the lower-precision gradient and returns float32 weight gradients."""
+    model = _model(method)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(4, 1, 16, 16))
+    out.float().sum().backward()
+    for layer in sparse.sparse_layers(model).values():
+        assert layer.weight.grad is not None and layer.weight.grad.dtype == torch.float32
+
+
 def test_bimask_permutation_refreshes_every_100_steps():
     model = _model("BiMask")
     layer = sparse.sparse_layers(model)["layer2.0.conv1"]
