@@ -458,6 +458,11 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
         echo(format_rows(selected, root))
         echo(f"{len(selected)} run(s) of study {spec.name!r} ({spec.path}); "
              f"run directories under {root / spec.name}")
+        shared = [r for r in selected if r.home]
+        if shared:
+            echo(f"{len(shared)} of them shared with {', '.join(sorted({r.home for r in shared}))}"
+                 f" (same options, option by option): their run directories are that study's, "
+                 f"trained once")
         if executor == "slurm":
             echo(f"each run is one SLURM job ({executors.describe(job_options)}); its sbatch "
                  f"file:\n" + executors.sbatch_script(
@@ -592,14 +597,17 @@ def _progress_bar(total: int, name: str, enabled: bool):
 
 def format_rows(rows: Sequence[Row], root: str | os.PathLike | None = None) -> str:
     """A plain-text table of resolved runs (for ``--dry-run``)."""
-    header = ("run", "arch", "N:M", "method", "seed", "epochs", "finished", "run_dir")
+    shared = any(r.home for r in rows)
+    header = ("run", "arch", "N:M", "method", "seed", "epochs", "finished", "run_dir") + (
+        ("shared with",) if shared else ())
     lines = []
     for r in rows:
         p = r.params
         lines.append((r.id, str(p.get("arch", "")), f"{p.get('N', '?')}:{p.get('M', '?')}",
                       r.method, str(r.seed), str(p.get("epochs", "")),
                       "yes" if records.is_finished(r.run_dir(root)) else "no",
-                      str(r.run_dir(root))))
+                      str(r.run_dir(root))) + ((f"{r.home}/{r.home_id}" if r.home else "-",)
+                                               if shared else ()))
     return tabulate(lines, headers=header, tablefmt="plain", disable_numparse=True)
 
 

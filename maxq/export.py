@@ -419,8 +419,9 @@ def verify_onnx(onnx_model: bytes | str | Path, model: nn.Module, example_shape:
     return diffs
 
 
-def _onnx_nm_check(onnx_bytes: bytes, N: int, M: int) -> dict[str, int]:
-    """How many conv weights in the ONNX graph are N:M (BN may be fused in: zeros survive)."""
+def _onnx_nm_check(onnx_bytes: bytes, N: int, M: int, grouping: str = "input") -> dict[str, int]:
+    """How many conv weights in the ONNX graph are N:M (BN may be fused in: zeros survive);
+    ``grouping``: the method's N:M groups (``"row"``: Bi-Mask's, see maxq.sparse._blocks)."""
     import onnx
     from onnx import numpy_helper
 
@@ -434,7 +435,7 @@ def _onnx_nm_check(onnx_bytes: bytes, N: int, M: int) -> dict[str, int]:
         if w.dim() != 4 or w.shape[1] % M:
             continue
         total += 1
-        if int(sp.block_nonzeros(w, M).max()) <= N:
+        if int(sp.block_nonzeros(w, M, grouping).max()) <= N:
             nm += 1
     return {"conv_weights": total, "nm_conv_weights": nm}
 
@@ -555,7 +556,7 @@ def export(path: str | Path, format: str = "torchvision", out: str | Path | None
         if not worst <= tol:
             raise ExportError(f"ONNX outputs differ from PyTorch: max abs diff {worst:.3g} > "
                               f"{tol:.3g} ({per_batch}); nothing written")
-        nm = _onnx_nm_check(data, loaded.N, loaded.M)
+        nm = _onnx_nm_check(data, loaded.N, loaded.M, methods.get(loaded.method).grouping)
         records.atomic_write_bytes(out, data)
         result.extra = {"exporter": exporter, "onnx_max_abs_diff": worst,
                         "onnx_max_abs_diff_per_batch": {str(b): d["max_abs_diff"] for b, d in diffs.items()},

@@ -31,6 +31,14 @@ class MethodSpec:
     label: str = ""
     #: matplotlib colour of the method in every figure; None: one picked by position
     color: str | None = None
+    #: layer family of a method with its own layer class and state (maxq.nm_layers.LAYERS:
+    #: "lbc", "bimask", "spre"); "" for the kit's SparseConv2d/SparseLinear
+    layer: str = ""
+    #: N:M groups of the mask: "input" (M consecutive input channels at fixed (o, kh, kw)) or
+    #: "row" (M consecutive entries of the flattened (in, kh, kw) row: Bi-Mask's forward mask)
+    grouping: str = "input"
+    #: the training loop adds the SR-STE term lambda (1 - m) W (--decay) to this method's gradient
+    srste_decay: bool = True
 
     @property
     def sparse(self) -> bool:
@@ -76,6 +84,20 @@ _SPECS = [
     MethodSpec("MaxQProgressiveN", "maxq", "soft", "soft", True, progressive=True,
                description="ablation: every block prunes floor((M-N)(1-rho)) weights",
                label="MaxQ progressive N"),
+    MethodSpec("LBC", "lbc", "hard", layer="lbc", srste_decay=False,
+               description="LBC (Zhang et al., NeurIPS'22): learned scores over the C(M,N) "
+                           "combinations per group, removed on a cubic schedule to epoch "
+                           "epochs/2; masked weight gradient, no SR-STE term; denser than N:M "
+                           "until the schedule ends", label="LBC", color="C2"),
+    MethodSpec("BiMask", "nm", "soft", layer="bimask", grouping="row",
+               description="Bi-Mask (Zhang et al., ICML'23): forward top-N over the flattened "
+                           "(in, kh, kw) row, backward mask over permuted output channels for "
+                           "dL/dx, dense dL/dW + SR-STE term", label="Bi-Mask", color="C3"),
+    MethodSpec("SpRe", "nm", "soft", layer="spre",
+               description="SpRe (Zhang et al., TPAMI'25): SR-STE plus a training-time 3x3 "
+                           "branch W_b*m*s with its own BN, s from unstructured spatial "
+                           "density; folded into the one N:M conv at export",
+               label="SpRe", color="C4"),
     MethodSpec("ASPFixedMask", "fixed", "hard",
                description="ASP-style: magnitude N:M of the given (dense) weights, mask frozen",
                label="ASP"),

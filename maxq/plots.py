@@ -725,3 +725,76 @@ def paired_differences(pairs: pd.DataFrame, *, label: str = "MaxQ − SR-STE",
     ax.set_title(title or f"{label} per row")
     fig.tight_layout()
     return fig
+
+
+# ----------------------------------------------------------------------------- N:M benchmark
+def accuracy_vs_density(board: pd.DataFrame, *, metric: str = "best_top1",
+                        title: str = "") -> Figure:
+    """Top-1 against the kept fraction N/M (log axis) per method, from
+    :func:`maxq.stats.leaderboard`: mean over seeds as a seaborn line, its Student-t 95 % CI as a
+    band; dense as the ceiling (a horizontal line with its band across the axis)."""
+    import seaborn as sns
+
+    sub = board[board["metric"] == metric] if len(board) else board
+    if not len(sub):
+        return _empty(title or "top-1 against density")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    shown = list(dict.fromkeys(sub["method"]))
+    sparse_rows = sub[sub["method"] != "DenseConv2dBN"]
+    palette = {_label(sub, m): _color(m, shown) for m in shown}
+    if len(sparse_rows):
+        sns.lineplot(data=sparse_rows, x="density", y="mean", hue="method_label", marker="o",
+                     palette=palette, errorbar=None, ax=ax)
+        for method, part in sparse_rows.groupby("method", sort=False):
+            part = part.sort_values("density")
+            ax.fill_between(part["density"], part["ci95_low"], part["ci95_high"],
+                            color=_color(method, shown), alpha=0.18, linewidth=0)
+    dense = sub[sub["method"] == "DenseConv2dBN"]
+    if len(dense):
+        d = dense.iloc[0]
+        ax.axhline(d["mean"], color=_color("DenseConv2dBN", shown), linestyle="--",
+                   label=f"dense ceiling ({d['mean']:.2f})")
+        if np.isfinite(d["ci95_low"]) and np.isfinite(d["ci95_high"]):
+            ax.axhspan(d["ci95_low"], d["ci95_high"], color=_color("DenseConv2dBN", shown),
+                       alpha=0.12, linewidth=0)
+    ax.set_xscale("log", base=2)
+    ticks = sorted(set(sparse_rows["density"])) if len(sparse_rows) else []
+    ax.set_xticks(ticks, [f"{N}:{M}" for N, M in
+                          sparse_rows.drop_duplicates("density").sort_values("density")[
+                              ["N", "M"]].itertuples(index=False)] if ticks else [])
+    ax.set_xlabel("N:M (kept fraction N/M, log scale)")
+    ax.set_ylabel(f"{'best' if metric.startswith('best') else 'last'}-epoch top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title=None)
+    ax.set_title(title or "Top-1 against density (mean, 95 % CI over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def training_cost_bars(cost_table: pd.DataFrame, *, title: str = "") -> Figure:
+    """Step time ratio to dense per N:M row and method (:func:`maxq.results.training_cost`),
+    mean over seed pairs with its 95 % CI; 1 (dense) marked."""
+    sub = cost_table[cost_table["method"] != "DenseConv2dBN"] if len(cost_table) else cost_table
+    sub = sub[np.isfinite(pd.to_numeric(sub["ratio_to_dense"], errors="coerce"))] \
+        if len(sub) else sub
+    if not len(sub):
+        return _empty(title or "training step time, ratio to dense")
+    rows = list(dict.fromkeys(sub["row"]))
+    shown = list(dict.fromkeys(sub["method"]))
+    width = 0.8 / max(1, len(shown))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(rows) + 2.5), 4.0))
+    for i, method in enumerate(shown):
+        part = sub[sub["method"] == method].set_index("row").reindex(rows)
+        x = np.arange(len(rows)) + (i - (len(shown) - 1) / 2) * width
+        low = (part["ratio_to_dense"] - part["ratio_ci95_low"]).fillna(0.0).clip(lower=0)
+        high = (part["ratio_ci95_high"] - part["ratio_to_dense"]).fillna(0.0).clip(lower=0)
+        ax.bar(x, part["ratio_to_dense"], width, yerr=[low, high], capsize=2,
+               color=_color(method, shown), label=_label(sub, method))
+    ax.axhline(1.0, color="k", linewidth=0.8)
+    ax.set_xticks(np.arange(len(rows)), rows)
+    ax.set_ylabel("training step time / dense (same study)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title or "Training cost: step time ratio to dense (mean, 95 % CI)")
+    fig.tight_layout()
+    return fig

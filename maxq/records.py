@@ -56,6 +56,7 @@ RECORD_FILES = (CONFIG, METRICS, LAYERS, CHECKPOINT, BEST, RESULT, LOG, LOCK)
 METRIC_KEYS = (
     "epoch", "lr", "train_loss", "train_top1", "train_top5",
     "val_loss", "val_top1", "val_top5", "seconds", "images_per_s", "nm_share",
+    "step_seconds", "density",
 )
 LAYER_KEYS = ("epoch", "layer", "nm_share", "flipped", "hist_counts")
 RESULT_KEYS = (

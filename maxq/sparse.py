@@ -149,6 +149,20 @@ _SPARSE_CLASS = {nn.Conv2d: SparseConv2d, nn.Linear: SparseLinear}
 _STOCK_CLASS = {SparseConv2d: nn.Conv2d, SparseLinear: nn.Linear}
 
 
+def _sparse_class(spec: MethodSpec, module: nn.Module) -> type:
+    """The sparse class of ``module``: the kit's, or the layer family of ``spec.layer``
+    (:data:`maxq.nm_layers.LAYERS`: LBC, Bi-Mask, SpRe)."""
+    if not spec.layer:
+        return _SPARSE_CLASS[type(module)]
+    from maxq import nm_layers               # imports this module: import on first use
+
+    return nm_layers.layer_class(spec.layer, module)
+
+
+def _stock_class(module: nn.Module) -> type:
+    return next(stock for cls, stock in _STOCK_CLASS.items() if isinstance(module, cls))
+
+
 # ----------------------------------------------------------------------------- layer policy
 def _unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel / DataParallel wrapper."""
@@ -204,7 +218,8 @@ def sparsify(model: nn.Module, method: str, N: int = 2, M: int = 4, *, tau: floa
     if sparse_layers(model):
         raise ValueError("model is already sparsified; build a fresh model or fold() it first")
     policy = layer_policy(model, M)
-    model.maxq_method = {"method": spec.name, "N": N, "M": M, "tau": tau}
+    model.maxq_method = {"method": spec.name, "N": N, "M": M, "tau": tau,
+                         "grouping": spec.grouping}
     if not spec.sparse:
         return model
     candidates = [n for n, (sparse, _) in policy.items() if sparse]
@@ -220,9 +235,11 @@ def sparsify(model: nn.Module, method: str, N: int = 2, M: int = 4, *, tau: floa
         generator = None
         if spec.selection == "random":
             generator = torch.Generator().manual_seed(seed * 100003 + index)
-        module.__class__ = _SPARSE_CLASS[type(module)]
+        module.__class__ = _sparse_class(spec, module)
         module.maxq = SparseState(spec, N, M, float(tau), generator=generator)
         module.register_buffer("weight_mask", torch.ones_like(module.weight, requires_grad=False))
+        if hasattr(module, "setup_method"):   # a method's own state (maxq.nm_layers)
+            module.setup_method(model, name, seed, index)
     if init_masks:
         _refresh(list(sparse_layers(model).values()))
         for module in sparse_layers(model).values():
@@ -329,6 +346,25 @@ def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: m.weight_mask for name, m in sparse_layers(model).items()}
 
 
+def start_epoch(model: nn.Module, epoch: int, epochs: int) -> None:
+    """Tell every sparse layer with a per-epoch schedule (LBC's combination removal,
+    :mod:`maxq.nm_layers`) that training epoch ``epoch`` of ``epochs`` begins."""
+    for module in sparse_layers(model).values():
+        if hasattr(module, "start_epoch"):
+            module.start_epoch(epoch, epochs)
+
+
+@torch.no_grad()
+def density(model: nn.Module) -> float | None:
+    """Share of the sparse layers' weights their stored masks keep (N/M for an exact N:M
+    model; more for LBC before its schedule ends, or MaxQ's dense blocks); None if none."""
+    kept = total = 0
+    for module in sparse_layers(model).values():
+        kept += int((module.weight_mask != 0).sum())
+        total += module.weight_mask.numel()
+    return kept / total if total else None
+
+
 @torch.no_grad()
 def srste_decay_(model: nn.Module, lam: float) -> None:
     """SR-STE decay (method.md §6): ``g_W += lam * (1 - clip(S, 0, 1)) * W`` — pruned weights only.
@@ -347,18 +383,21 @@ def srste_decay_(model: nn.Module, lam: float) -> None:
 
 
 # ----------------------------------------------------------------------------- statistics
-def _blocks(t: torch.Tensor, M: int) -> torch.Tensor:
-    """(G, M) view of a conv (Co, Ci, kh, kw) or linear (out, in) tensor: M consecutive inputs."""
-    if t.dim() == 4:
+def _blocks(t: torch.Tensor, M: int, grouping: str = "input") -> torch.Tensor:
+    """(G, M) view of a conv (Co, Ci, kh, kw) or linear (out, in) tensor: M consecutive inputs
+    (``grouping="input"``), or M consecutive entries of the flattened (Ci, kh, kw) row
+    (``"row"``: Bi-Mask's forward mask; the same for 1x1 convs and linears)."""
+    if t.dim() == 4 and grouping != "row":
         t = t.permute(0, 2, 3, 1)
     return t.reshape(-1, M)
 
 
-def block_nonzeros(t: torch.Tensor, M: int) -> torch.Tensor:
+def block_nonzeros(t: torch.Tensor, M: int, grouping: str = "input") -> torch.Tensor:
     """Non-zeros in every block of ``M`` consecutive input channels (dim 1) of a conv
     (Co, Ci, kh, kw) or linear (out, in) tensor, shape (G,): the one count behind the N:M
-    statistics, :func:`check_nm` and the checks of the exported, 2:4 and INT8 models."""
-    return _blocks(t != 0, M).sum(dim=1)
+    statistics, :func:`check_nm` and the checks of the exported, 2:4 and INT8 models.
+    ``grouping="row"``: blocks of the flattened row instead (:func:`_blocks`)."""
+    return _blocks(t != 0, M, grouping).sum(dim=1)
 
 
 @torch.no_grad()
@@ -375,7 +414,7 @@ def mask_stats(model: nn.Module, previous_hard: dict[str, torch.Tensor] | None =
     for name, module in sparse_layers(model).items():
         soft = module.weight_mask.float()
         hard = soft != 0
-        kept = block_nonzeros(hard, module.maxq.M)
+        kept = block_nonzeros(hard, module.maxq.M, module.maxq.method.grouping)
         flipped = None
         if previous_hard is not None and name in previous_hard:
             flipped = (hard != previous_hard[name].to(hard.device)).float().mean().item()
@@ -400,7 +439,7 @@ def nm_share(model: nn.Module, stats: dict[str, dict] | None = None) -> float | 
             blocks = module.weight_mask.numel() // module.maxq.M
             nm += round(stats[name]["nm_share"] * blocks)
         else:
-            kept = block_nonzeros(module.weight_mask, module.maxq.M)
+            kept = block_nonzeros(module.weight_mask, module.maxq.M, module.maxq.method.grouping)
             blocks = kept.numel()
             nm += int((kept <= module.maxq.N).sum())
         total += blocks
@@ -498,6 +537,8 @@ def describe(model: nn.Module, N: int | None = None, M: int | None = None, *,
     rows = []
     for name, module in _weighted_layers(model):
         sparse, reason = policy[name]
+        if sparse and info.get("grouping") == "row":
+            reason = f"sparse: blocks of {M} consecutive entries of the (in, kh, kw) row"
         if dense_method:
             sparse, reason = False, f"method {method} is dense"
         weight = module.weight
@@ -558,16 +599,18 @@ def fold(model: nn.Module) -> nn.Module:
     layers = sparse_layers(model)
     for module in layers.values():
         module.weight.mul_(module.weight_mask.to(module.weight.dtype))
+        if hasattr(module, "fold_method"):    # a method's own state folds away (nm_layers)
+            module.fold_method(model)
         del module._buffers["weight_mask"]
         del module.maxq
-        module.__class__ = _STOCK_CLASS[type(module)]
+        module.__class__ = _stock_class(module)
     if hasattr(model, "maxq_method"):
         del model.maxq_method
     for key, hook in list(model._forward_pre_hooks.items()):
         if hook is _refresh_before_forward:
             del model._forward_pre_hooks[key]
     model.maxq_folded = {"N": info.get("N"), "M": info.get("M"), "method": info.get("method"),
-                         "layers": sorted(layers)}
+                         "layers": sorted(layers), "grouping": info.get("grouping", "input")}
     return model
 
 
@@ -597,9 +640,10 @@ def check_nm(model: nn.Module, N: int | None = None, M: int | None = None) -> li
         weights = {n: modules[n].weight for n in names}
     if not weights:
         raise ValueError("no sparse layer to check")
+    grouping = info.get("grouping", "input")
     rows, broken = [], []
     for name, weight in weights.items():
-        max_nz = int(block_nonzeros(weight, M).max())
+        max_nz = int(block_nonzeros(weight, M, grouping).max())
         valid_2to4 = weight.shape[1] % 4 == 0 and int(block_nonzeros(weight, 4).max()) <= 2
         rows.append({"layer": name, "N": N, "M": M, "max_nonzeros": max_nz,
                      "ok": max_nz <= N, "valid_2to4": bool(valid_2to4)})

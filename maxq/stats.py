@@ -433,3 +433,70 @@ def replication_markdown(table: pd.DataFrame, discovery_source: str = "") -> str
     text += ". A verdict is called replicated only when both halves agree.\n"
     source = f"Discovery runs: {discovery_source}.\n\n" if discovery_source else ""
     return source + frame.to_markdown(index=False, disable_numparse=True) + "\n\n" + text
+# ============================================================================ N:M leaderboard
+MAXQ = "SoftMaxQConv2DBN"
+SRSTE = "SoftSRSTEConv2dBN"
+LEADERBOARD_COLUMNS = ("row", "N", "M", "density", "method", "method_label", "metric", "n",
+                       "mean", "ci95_low", "ci95_high", "vs_maxq_n", "vs_maxq_mean",
+                       "vs_maxq_low", "vs_maxq_high", "vs_maxq_verdict", "vs_srste_n",
+                       "vs_srste_mean", "vs_srste_low", "vs_srste_high", "vs_srste_verdict")
+
+
+def leaderboard(runs: pd.DataFrame, metrics: Sequence[str] = ("best_top1", "last_top1"),
+                references: dict[str, str] | None = None) -> pd.DataFrame:
+    """The N:M leaderboard: one line per (row, method, metric) in study order, for the best- and
+    the last-epoch top-1: n, mean and 95 % CI over the seeds, and the seed-paired difference
+    ``method − reference`` (mean, CI, pairs, :func:`verdict`) against MaxQ and against SR-STE
+    in the same row (NaN / "" for the reference itself or where it did not run). ``density`` is
+    N/M (1 for dense). ``references``: ``{"maxq": method, "srste": method}`` to compare with
+    other methods."""
+    refs = {"maxq": MAXQ, "srste": SRSTE, **(references or {})}
+    done = _finished(runs)
+    out = []
+    if not len(done):
+        return pd.DataFrame(columns=list(LEADERBOARD_COLUMNS))
+    for metric in metrics:
+        for (row, method), sub in done.groupby(["row", "method"], sort=False):
+            mean, _, low, high, n = mean_interval(sub[metric])
+            N, M = int(sub["N"].iloc[0]), int(sub["M"].iloc[0])
+            line = {"row": row, "N": N, "M": M,
+                    "density": 1.0 if method == DENSE else N / M, "method": method,
+                    "method_label": sub["method_label"].iloc[0], "metric": metric, "n": n,
+                    "mean": mean, "ci95_low": low, "ci95_high": high}
+            for key, ref in (("vs_maxq", refs["maxq"]), ("vs_srste", refs["srste"])):
+                other = done[(done["row"] == row) & (done["method"] == ref)]
+                if method == ref or method == DENSE or not len(other):
+                    line.update({f"{key}_n": 0, f"{key}_mean": math.nan, f"{key}_low": math.nan,
+                                 f"{key}_high": math.nan, f"{key}_verdict": ""})
+                    continue
+                d_mean, _, d_low, d_high, d_n = mean_interval(
+                    paired_differences(sub, other, metric))
+                line.update({f"{key}_n": d_n, f"{key}_mean": d_mean, f"{key}_low": d_low,
+                             f"{key}_high": d_high, f"{key}_verdict": verdict(d_low, d_high, d_n)})
+            out.append(line)
+    return pd.DataFrame(out, columns=list(LEADERBOARD_COLUMNS))
+
+
+def leaderboard_markdown(table: pd.DataFrame, metric: str = "best_top1") -> str:
+    """The leaderboard of one metric as Markdown: per N:M row, each method's mean top-1 [95 %
+    CI] (n), and its paired difference to MaxQ and to SR-STE with the verdict."""
+    sub = table[table["metric"] == metric]
+    if not len(sub):
+        return "_no finished runs yet_\n"
+
+    def delta(r, key: str) -> str:
+        if not r[f"{key}_verdict"]:
+            return "-"
+        return (f"{interval_text(r[f'{key}_mean'], r[f'{key}_low'], r[f'{key}_high'], True)} "
+                f"{r[f'{key}_verdict']}")
+    frame = pd.DataFrame({
+        "N:M": [("dense" if r["method"] == DENSE else f"{r['N']}:{r['M']}")
+                for _, r in sub.iterrows()],
+        "method": sub["method_label"],
+        "top-1 [95 % CI]": [interval_text(r["mean"], r["ci95_low"], r["ci95_high"])
+                            for _, r in sub.iterrows()],
+        "n": sub["n"].astype(int),
+        "vs MaxQ": [delta(r, "vs_maxq") for _, r in sub.iterrows()],
+        "vs SR-STE": [delta(r, "vs_srste") for _, r in sub.iterrows()],
+    })
+    return frame.to_markdown(index=False, disable_numparse=True) + "\n"

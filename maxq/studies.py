@@ -64,7 +64,7 @@ _STUDY_KEYS = {"study", "defaults", "rows", "claims", "slurm"}
 #: and method each), and for "margin" claims the margin in points (A within ``margin`` of B)
 _CLAIM_KEYS = {"claim", "paper", "row_a", "method_a", "row_b", "method_b", "margin"}
 _STUDY_META_KEYS = {"description", "methods", "seeds", "notebook", "method_labels", "focus",
-                    "scale_note", "replicates"}
+                    "scale_note", "replicates", "share"}
 _ROW_META_KEYS = {"id", "methods", "method", "seeds", "arms", "note"}
 
 
@@ -120,6 +120,8 @@ class Study:
     #: the study whose claims this one re-tests on new seeds (``[study] replicates``)
     replicates: str | None = None
     slurm: dict[str, Any] = field(default_factory=dict)   # [slurm]: see maxq.executors
+    #: [study].share: studies whose runs this one reuses when the full option set is equal
+    share: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,15 +137,22 @@ class Row:
     params: dict[str, Any]       # notebook parameters (training options), runner keys excluded
     paper: dict[str, Any]        # paper_* values of the table row
     arms: dict[str, str]         # ablation labels {group: arm}
+    #: a run shared with another study ([study].share): that study's name and run id; its run
+    #: directory is that study's, so it is trained once ("" : the run is this study's own)
+    home: str = ""
+    home_id: str = ""
 
     def run_dir(self, root: str | os.PathLike | None = None) -> Path:
+        if self.home:
+            return runs_root(root) / self.home / self.home_id
         return runs_root(root) / self.study / self.id
 
     def parameters(self, root: str | os.PathLike | None = None, **extra: Any) -> dict[str, Any]:
-        """Everything injected into ``row.ipynb``."""
+        """Everything injected into ``row.ipynb`` (a shared run is recorded as its home
+        study's run)."""
         out = dict(self.params)
-        out.update(study=self.study, row=self.id, conv_bn_type=self.method, seed=self.seed,
-                   save_dir=str(self.run_dir(root)))
+        out.update(study=self.home or self.study, row=self.home_id or self.id,
+                   conv_bn_type=self.method, seed=self.seed, save_dir=str(self.run_dir(root)))
         out.update(extra)
         return out
 
@@ -222,6 +231,12 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
     replicates = meta.get("replicates")
     if replicates is not None and not (isinstance(replicates, str) and _SAFE_ID.match(replicates)):
         raise StudyError(f"{where}: [study].replicates must be a study name; got {replicates!r}")
+    share = _as_tuple(meta.get("share", []) or [""], str, f"{where} [study].share")
+    share = tuple(s for s in share if s)
+    for other in share:
+        if other == name:
+            raise StudyError(f"{where}: [study].share names the study itself")
+        find_study(other)                     # an unknown name fails here, one line
     slurm = data.get("slurm", {})
     if slurm:
         from maxq.executors import SlurmOptions   # executors import studies: a real cycle
@@ -232,7 +247,7 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
                  notebook=meta.get("notebook"),
                  method_labels=dict(meta.get("method_labels", {})),
                  focus=meta.get("focus"), scale_note=str(meta.get("scale_note", "")),
-                 claims=claims, replicates=replicates, slurm=dict(slurm))
+                 claims=claims, replicates=replicates, slurm=dict(slurm), share=share)
 
 
 def _check_claim(claim: Any, i: int, where: str, row_ids: set[str]) -> dict[str, Any]:
@@ -273,8 +288,10 @@ def run_id(table_row: str, method: str, seed: int) -> str:
 
 
 def expand(study: "str | os.PathLike | Study",
-           options: dict[str, Any] | None = None) -> list[Row]:
-    """Every run of a study, in study order (rows, then methods, then seeds)."""
+           options: dict[str, Any] | None = None, *, share: bool = True) -> list[Row]:
+    """Every run of a study, in study order (rows, then methods, then seeds). With
+    ``[study].share = ["other"]`` a run whose full option set equals a run of study ``other``
+    is that run (:attr:`Row.home`): same run directory, trained once (``share=False``: not)."""
     study = load_study(study)
     options = dict(options or {})
     _check_runner_keys(options, "--option")
@@ -298,7 +315,48 @@ def expand(study: "str | os.PathLike | Study",
                     raise StudyError(f"run id {rid!r} is not filesystem-safe")
                 out.append(Row(study=study.name, id=rid, table_row=row["id"], method=method,
                                seed=seed, index=len(out), params=params, paper=paper, arms=arms))
+    if study.share and share:
+        out = [_shared(r, study.share, options) for r in out]
     return out
+
+
+def _full_options(params: dict[str, Any], method: str, seed: int) -> dict[str, Any]:
+    """Every training option of a run (TrainConfig's defaults filled in), runner paths aside."""
+    from maxq.config import TrainConfig      # config is heavier; only sharing needs it
+
+    options = TrainConfig().to_dict()
+    options.update(params)
+    options.update(conv_bn_type=method, seed=seed)
+    for key in ("study", "row", "save_dir", "overwrite", "resume"):
+        options.pop(key, None)
+    return options
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) \
+            and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def same_options(a: Row, b: Row) -> list[str]:
+    """The training options in which two runs differ, option by option ([] : the same run)."""
+    oa, ob = _full_options(a.params, a.method, a.seed), _full_options(b.params, b.method, b.seed)
+    return [k for k in sorted(set(oa) | set(ob))
+            if k not in oa or k not in ob or not _same_value(oa[k], ob[k])]
+
+
+def _shared(run: Row, others: Sequence[str], options: dict[str, Any]) -> Row:
+    """``run`` pointed at the run directory of the first study in ``others`` that has a run with
+    exactly its options (compared option by option, :func:`same_options`); else unchanged."""
+    import dataclasses
+
+    for other in others:
+        for candidate in expand(other, options, share=False):
+            if candidate.method == run.method and candidate.seed == run.seed \
+                    and not same_options(run, candidate):
+                return dataclasses.replace(run, home=candidate.study, home_id=candidate.id)
+    return run
 
 
 def parse_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:

@@ -318,6 +318,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, optimizer: torch.opt
                                  f"before the checkpoint is overwritten")
     stats["seconds"] = seconds
     stats["images_per_s"] = stats["images"] / max(seconds, 1e-9)
+    stats["step_seconds"] = seconds / max(steps, 1)     # mean time of one training step
     return stats
 
 
@@ -732,12 +733,14 @@ def train(config: TrainConfig) -> Path:
             loaders.train.set_epoch(epoch)
             rho = dense_fraction(cfg, epoch)
             sparse.set_dense_fraction(model_without_ddp, rho)
+            sparse.start_epoch(model_without_ddp, epoch, cfg.epochs)   # LBC's schedule
             lr = learning_rate(cfg, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             epoch_start = time.perf_counter()
             tr = train_one_epoch(model, criterion, optimizer, scaler, loaders.train, epoch=epoch,
-                                 cfg=cfg, rt=rt, log=log, srste=spec.sparse and decay_on)
+                                 cfg=cfg, rt=rt, log=log,
+                                 srste=spec.sparse and spec.srste_decay and decay_on)
             # as the authors do after every epoch (show_zero_num_and_update_mask): recompute
             # every mask from the epoch's final weights, so evaluation, statistics, snapshots
             # and checkpoints all use the mask of the weights they store
@@ -762,7 +765,9 @@ def train(config: TrainConfig) -> Path:
                     "lr": lr, "train_loss": tr["loss"], "train_top1": tr["top1"],
                     "train_top5": tr["top5"], "val_loss": va["loss"], "val_top1": va["top1"],
                     "val_top5": va["top5"], "seconds": seconds,
-                    "images_per_s": tr["images_per_s"], "nm_share": nm_share},
+                    "images_per_s": tr["images_per_s"], "nm_share": nm_share,
+                    "step_seconds": tr["step_seconds"],
+                    "density": sparse.density(model_without_ddp)},
                     layer_stats=layer_stats, snapshot=epoch in snapshot_at, improved=improved,
                     model=model_without_ddp, optimizer=optimizer, scaler=scaler,
                     progress=progress, hard=hard,

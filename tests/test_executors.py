@@ -23,7 +23,7 @@ from maxq import batch, executors, records, studies
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-TIMING = ("seconds", "images_per_s")
+TIMING = ("seconds", "images_per_s", "step_seconds")
 
 
 def maxq_batch(*args: str, **kwargs) -> list[str]:

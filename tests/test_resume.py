@@ -21,7 +21,7 @@ import torch
 from maxq import cli, records
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-TIMING = ("seconds", "images_per_s")
+TIMING = ("seconds", "images_per_s", "step_seconds")
 ARGS = ["--set", "FashionMNIST", "-a", "mobilenet_v3_small", "--train-subset", "128",
         "--val-subset", "64", "-b", "32", "--epochs", "3", "--increase-end", "2", "--lr", "0.05",
         "--workers", "0", "--print-freq", "1", "--snapshot-epochs", "1", "--no-progress"]

@@ -16,7 +16,7 @@ from maxq import records
 from maxq.config import TrainConfig, snapshot_epochs
 from maxq.train import build_optimizer, evaluate, train
 
-TIMING = ("seconds", "images_per_s")
+TIMING = ("seconds", "images_per_s", "step_seconds")
 BASE = dict(set="FashionMNIST", arch="mobilenet_v3_small", train_subset=128, val_subset=64,
             batch_size=32, epochs=3, increase_start=0, increase_end=2, lr=0.05, workers=0,
             snapshot_epochs=None, progress=False, print_freq=2, study="tests", row="short")
