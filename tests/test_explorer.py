@@ -140,6 +140,14 @@ def test_committed_notebooks_have_no_outputs_and_the_lab_hook_keeps_them_so():
         model = {"type": "notebook", "content": copy.deepcopy(run)}
         lab.pre_save_hook(model=model, path=f"reports/x/{path.name}")     # not a template
         assert model["content"] == run
+        # another Python's kernel rewrote the language metadata: the file on disk's is kept
+        run["metadata"]["language_info"] = {"name": "python", "version": "3.99.0"}
+        model = {"type": "notebook", "content": run}
+
+        class Server:                                        # the contents manager's root
+            root_dir = str(paths.REPO_ROOT)
+        lab.pre_save_hook(model=model, path=f"notebooks/{path.name}", contents_manager=Server())
+        assert model["content"] == nb
 
 
 def test_no_runs_says_where_it_looked_and_the_command(tmp_path):
