@@ -345,14 +345,16 @@ method_b = "SoftSRSTEConv2dBN"
 #: tables the cells up to the next section show
 SECTIONS_JS = """
 const sections = [];
-let current = {title: '(top)', figures: 0, tables: 0};
+let current = {title: '(top)', figures: 0, tables: 0, text: ''};
 sections.push(current);
 for (const cell of document.querySelectorAll('.jp-Cell')) {
   const h2 = cell.classList.contains('jp-MarkdownCell') ? cell.querySelector('h2') : null;
-  if (h2) { current = {title: h2.innerText.replace('¶', '').trim(), figures: 0, tables: 0};
+  if (h2) { current = {title: h2.innerText.replace('¶', '').trim(), figures: 0, tables: 0,
+                       text: ''};
             sections.push(current); continue; }
   current.figures += cell.querySelectorAll('.jp-OutputArea-output img').length;
   current.tables += cell.querySelectorAll('.jp-OutputArea-output table').length;
+  current.text += cell.innerText + ' ';
 }
 return sections;
 """
@@ -393,6 +395,8 @@ def test_reports_show_a_figure_or_table_in_every_section(clone, browser, tmp_pat
     assert "within noise" in top and "ahead" in top          # the verdict legend
     titles = [s["title"] for s in sections[1:]]
     assert "Verdicts" in titles and "Mask evolution" in titles and "Ablation" in titles
+    masks = next(s for s in sections if s["title"] == "Mask evolution")
+    assert "2of4-SoftMaxQConv2DBN-s0" in masks["text"], masks["text"][:500]   # not the dense row
     empty = [s["title"] for s in sections[1:] if not s["figures"] + s["tables"]]
     assert not empty, f"sections without a figure or table: {empty}; all: {sections}"
     # Markdown tables render as tables: as many <table> as the notebook's Markdown tables
@@ -406,4 +410,5 @@ def test_reports_show_a_figure_or_table_in_every_section(clone, browser, tmp_pat
     shown = browser.execute_script(
         "return document.querySelectorAll('.jp-RenderedMarkdown table').length;")
     assert shown == markdown_tables > 0, (shown, markdown_tables)
-    print("report sections:", sections, "screenshots:", page.shots)
+    print("report sections:", [{k: v for k, v in s.items() if k != "text"} for s in sections],
+          "screenshots:", page.shots)
