@@ -18,11 +18,13 @@ study: setup
 test: setup
 	$(PY) -m pytest -q
 
-# JupyterLab on 127.0.0.1 only, with the explorer open (the token is printed in the URL);
+# JupyterLab on 127.0.0.1 only; the printed URL (with its token) opens notebooks/masks.ipynb,
+# and the templates in notebooks/ are saved without outputs (jupyter/jupyter_server_config.py);
 # root (a container) needs --allow-root
+LAB_ARGS ?=
 lab: setup
-	$(VENV)/bin/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" \
-		$(if $(filter 0,$(shell id -u)),--allow-root) notebooks/masks.ipynb
+	$(VENV)/bin/jupyter lab --config="$(CURDIR)/jupyter/jupyter_server_config.py" --ServerApp.ip=127.0.0.1 \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 benchmarks: setup
 	$(PY) benchmarks/masks.py

@@ -217,8 +217,11 @@ def _execute_main(spec_json: str) -> int:
             import nbconvert
             import nbformat
 
-            body, _ = nbconvert.HTMLExporter().from_notebook_node(
-                nbformat.read(spec["output"], as_version=4))
+            # a reader's page: no code cells or prompts, titled by the report's folder (study)
+            body, _ = nbconvert.HTMLExporter(
+                exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
+            ).from_notebook_node(nbformat.read(spec["output"], as_version=4), resources={
+                "metadata": {"name": f"MaxQ report: {Path(spec['html']).parent.name}"}})
             records.atomic_write_text(spec["html"], body)
         return 0
     except Exception as exc:  # noqa: BLE001 - every failure becomes the row's error line

@@ -234,8 +234,9 @@ class TrainConfig:
                                         help="deterministic algorithms (default: on for CPU)")
     # records
     snapshot_epochs: int | list[int] | None = option(
-        10, type=parse_snapshots, metavar="K|A,B,..", fingerprint=False,
-        help="save masks every K-th epoch, or at the listed epochs (counted from 0; '5,' is "
+        1, type=parse_snapshots, metavar="K|A,B,..", fingerprint=False,
+        help="save masks every K-th epoch (default 1: every epoch; about 1 byte per sparse "
+             "weight per saved epoch), or at the listed epochs (counted from 0; '5,' is "
              "epoch 5 alone); the first and last epoch always")
     print_freq: int = option(100, "-p", "--print-freq", group=SEED_GROUP, type=int,
                              fingerprint=False,

@@ -3,7 +3,9 @@ the run changes, and the ipywidgets explorer (detail, compare, evolution views).
 
 Runs are found under the runs root (``$MAXQ_RUNS_ROOT``, else the repository's ``runs/``) as
 ``<root>/<study>/<run>/`` (``maxq batch``) and ``<root>/<name>/`` (``maxq train --save_dir``),
-plus any run directory given by path. Only runs with mask snapshots are listed.
+plus any run directory given by path. Only runs with mask snapshots are listed. When the
+default runs root has none (a fresh clone), the committed sample runs of ``samples/sample/``
+(``studies/sample.toml``) are shown instead, and the message says so.
 """
 from __future__ import annotations
 
@@ -22,11 +24,18 @@ from maxq import methods, paths, plots, records, results
 
 #: the one command that makes runs to look at (seconds per run on a CPU)
 MAKE_RUNS = "maxq batch smoke"
+#: the committed sample runs (``maxq batch sample --runs-root samples``), shown when the
+#: default runs root has none
+SAMPLES_ROOT = paths.REPO_ROOT / "samples"
+SAMPLE_STUDY = "sample"
+MAKE_SAMPLES = "maxq batch sample --runs-root samples --no-report --force"
 VIEWS = ("detail", "compare", "evolution")
-#: crop sizes offered by the zoom control: (rows, columns); None: the whole layer
-ZOOMS = {"16 × 24": (16, 24), "32 × 48": (32, 48), "64 × 96": (64, 96),
-         "128 × 192": (128, 192), "256 × 384": (256, 384), "whole layer": (None, None)}
-DEFAULT_ZOOM = "64 × 96"
+#: crop sizes offered by the zoom control: (rows, N:M blocks of M columns); None: the whole
+#: layer. Counted in blocks so that every N:M pattern shows its blocks at the default zoom.
+ZOOMS = {"16 rows × 8 blocks": (16, 8), "32 rows × 16 blocks": (32, 16),
+         "64 rows × 32 blocks": (64, 32), "128 rows × 64 blocks": (128, 64),
+         "256 rows × 128 blocks": (256, 128), "whole layer": (None, None)}
+DEFAULT_ZOOM = "16 rows × 8 blocks"
 #: at most this many epochs in the evolution strip (spread over the snapshots)
 EVOLUTION_EPOCHS = 8
 
@@ -65,6 +74,9 @@ class Found:
     runs: list[RunInfo]
     searched: list[Path]
     skipped: list[str] = field(default_factory=list)    # run directories without snapshots
+    study: str | None = None                             # the study asked for, if any
+    #: the default runs root had no runs: these are the committed sample runs
+    samples: bool = False
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -83,19 +95,39 @@ class Found:
 
     def message(self) -> str:
         """What was found, or (no runs) where it looked and the command that makes a run."""
-        where = ", ".join(str(p) for p in self.searched)
+        where = ", ".join(_shown(p) for p in self.searched)
         if not self.runs:
             text = (f"No run with mask snapshots found. Searched: {where}. "
-                    f"Make runs to look at (seconds each) from the repository root with: "
-                    f"{MAKE_RUNS}")
+                    f"{make_runs_hint(self.study)}")
             if self.skipped:
                 text += f" (run directories without snapshots: {', '.join(self.skipped)})"
             return text
-        return f"{len(self.runs)} runs with mask snapshots (searched {where}): " + \
-            ", ".join(i.label for i in self.runs)
+        listed = ", ".join(i.label for i in self.runs)
+        if self.samples:
+            return (f"No runs of your own yet, so these are the {len(self.runs)} committed "
+                    f"sample runs ({_shown(self.searched[-1])}: a tiny MobileNetV1, masks at "
+                    f"every epoch; re-made by {MAKE_SAMPLES}): {listed}. "
+                    f"{make_runs_hint(self.study)}")
+        return f"{len(self.runs)} runs with mask snapshots (searched {where}): {listed}"
 
     def __repr__(self) -> str:
         return self.message()
+
+
+def make_runs_hint(study: str | None = None) -> str:
+    """The command that makes runs to look at: the study's own (``maxq batch <study>``) when
+    one was asked for, else the smoke study's (seconds per run)."""
+    if study is None or str(study) == SAMPLE_STUDY:
+        return f"Make runs of your own (seconds each) from the repository root with:\n{MAKE_RUNS}"
+    name = results.results_name(study)
+    return (f"Make the runs of study {name!r} from the repository root with:\nmaxq batch "
+            f"{study}" + (" (or: make study)" if name == "cpu" else "") +
+            "\nor leave study = None to see the committed sample runs.")
+
+
+def _shown(path: Path) -> str:
+    """A folder as the user reads it: relative to the repository when inside it."""
+    return paths.shown(path).rstrip("/") + "/"
 
 
 def read_run(path: str | os.PathLike, label: str | None = None) -> RunInfo | None:
@@ -122,10 +154,27 @@ def _is_run(path: Path) -> bool:
 
 
 def find_runs(runs_root: str | os.PathLike | None = None, *, study: str | None = None,
-              run_paths: Iterable[str | os.PathLike] = ()) -> Found:
+              run_paths: Iterable[str | os.PathLike] = (), samples: bool = True) -> Found:
     """Runs with mask snapshots under ``runs_root`` (see :func:`maxq.paths.runs_root`):
     ``<root>/<study>/<run>/`` and ``<root>/<name>/``; only ``<root>/<study>/`` when ``study``
-    is given (a name or a study file); plus the run directories ``run_paths``."""
+    is given (a name or a study file); plus the run directories ``run_paths``. When the
+    repository's own ``runs/`` was searched (no ``runs_root``, no ``$MAXQ_RUNS_ROOT``) and has
+    no runs, and ``study`` is None or ``"sample"``: the committed sample runs
+    (:data:`SAMPLES_ROOT`), marked ``samples=True`` (``samples=False``: never)."""
+    found = _find_runs(runs_root, study=study, run_paths=run_paths)
+    default_root = runs_root is None and not os.environ.get("MAXQ_RUNS_ROOT")
+    if found.runs or not default_root or not samples or \
+            (study is not None and str(study) != SAMPLE_STUDY):
+        return found
+    sample = _find_runs(SAMPLES_ROOT, study=SAMPLE_STUDY)
+    if not sample.runs:
+        return found
+    return Found(sample.runs, found.searched + sample.searched, found.skipped, study,
+                 samples=True)
+
+
+def _find_runs(runs_root: str | os.PathLike | None = None, *, study: str | None = None,
+               run_paths: Iterable[str | os.PathLike] = ()) -> Found:
     root = paths.runs_root(runs_root)
     searched = [root / results.results_name(study)] if study else [root]
     candidates: list[tuple[str, Path]] = []
@@ -160,7 +209,7 @@ def find_runs(runs_root: str | os.PathLike | None = None, *, study: str | None =
             skipped.append(label)
         else:
             runs.append(info)
-    return Found(runs, searched, skipped)
+    return Found(runs, searched, skipped, study)
 
 
 # ----------------------------------------------------------------------------- state rules
@@ -248,26 +297,36 @@ def compare_figure(info: RunInfo, other: RunInfo, layer: str, epoch: int,
                               title=title("compare", info, layer, epoch, other))
 
 
-def evolution_figure(info: RunInfo, layer: str, window: plots.Window | None = None):
-    epochs = results.pick_epochs(info.epochs, EVOLUTION_EPOCHS)
+def evolution_epochs(info: RunInfo, upto: int | None = None) -> list[int]:
+    """The epochs of the evolution strip: up to :data:`EVOLUTION_EPOCHS` snapshot epochs spread
+    from the first to ``upto`` (default: the last), both included."""
+    upto = info.epochs[-1] if upto is None else nearest(info.epochs, upto)
+    return results.pick_epochs([e for e in info.epochs if e <= upto], EVOLUTION_EPOCHS)
+
+
+def evolution_figure(info: RunInfo, layer: str, window: plots.Window | None = None,
+                     upto: int | None = None):
+    epochs = evolution_epochs(info, upto)
     hards = {e: load_layer(info, e, layer)["hard"] for e in epochs}
     return plots.mask_evolution(hards, info.M, window=window,
                                 title=title("evolution", info, layer, epochs[-1]))
 
 
 def title(view: str, info: RunInfo, layer: str, epoch: int, other: RunInfo | None = None) -> str:
-    """The figure title of a view: run · layer · epoch."""
+    """The figure title of a view: run · layer · epoch (evolution: the epochs shown, up to
+    ``epoch``)."""
     if view == "compare" and other is not None:
         return f"{info.label} vs {other.label} · {layer} · epoch {epoch}"
     if view == "evolution":
-        return f"{info.label} · {layer} · epochs {_span(info.epochs)}"
+        return f"{info.label} · {layer} · epochs {_span(evolution_epochs(info, epoch))}"
     return f"{info.label} · {layer} · epoch {epoch}"
 
 
 # ----------------------------------------------------------------------------- the widget
 class Explorer:
-    """The interactive explorer: view (detail / compare / evolution), run, layer, epoch, the run
-    to compare with, and the crop (first row, first column, zoom).
+    """The interactive explorer: view (detail / compare / evolution), run, layer, epoch (a
+    slider over the run's snapshot epochs; in the evolution view the last epoch of the strip),
+    the run to compare with, and the crop (first row, first column, zoom).
 
     Every change goes through :meth:`update`; an error is shown in the notebook output (and
     kept in :attr:`errors`). :meth:`figure` draws the current view without widgets."""
@@ -310,9 +369,13 @@ class Explorer:
                                   style={"description_width": "initial"})
         self.layer_w = W.Dropdown(options=list(self.info.layers), value=layer_,
                                   description="layer", layout=W.Layout(width="60%"))
-        self.epoch_w = W.Dropdown(options=list(self.info.epochs), value=epoch_,
-                                  description="epoch", layout=W.Layout(width="30%"))
-        self.zoom_w = W.Dropdown(options=list(ZOOMS), value=zoom, description="zoom")
+        self.epoch_w = W.SelectionSlider(options=list(self.info.epochs), value=epoch_,
+                                         description="epoch", continuous_update=False,
+                                         layout=W.Layout(width="35%"))
+        if zoom not in ZOOMS:
+            raise ValueError(f"zoom must be one of {', '.join(ZOOMS)}; got {zoom!r}")
+        self.zoom_w = W.Dropdown(options=list(ZOOMS), value=zoom, description="zoom",
+                                 layout=W.Layout(width="30%"))
         self.row_w = W.IntSlider(value=0, min=0, max=0, description="first row",
                                  continuous_update=False)
         self.col_w = W.IntSlider(value=0, min=0, max=0, step=self.info.M,
@@ -345,9 +408,14 @@ class Explorer:
     def view(self) -> str:
         return self.view_w.value
 
+    def _zoom(self) -> tuple[int | None, int | None]:
+        """(rows, columns) of the zoom: its blocks times the run's M."""
+        rows, blocks = ZOOMS[self.zoom_w.value]
+        return rows, None if blocks is None else blocks * self.info.M
+
     def window(self) -> plots.Window:
         """The crop of the current layer from the zoom and the first row / column."""
-        rows, cols = ZOOMS[self.zoom_w.value]
+        rows, cols = self._zoom()
         shape = load_layer(self.info, self.epoch, self.layer)["hard"].shape
         return plots.mask_window(shape, self.row_w.value, rows, self.col_w.value, cols,
                                  self.info.M)
@@ -356,8 +424,8 @@ class Explorer:
         """Slider ranges for the current layer and zoom (values clamped)."""
         shape = load_layer(self.info, self.epoch, self.layer)["hard"].shape
         total_cols = int(np.prod(shape[1:]))
-        _, rows, _, cols = plots.mask_window(shape, 0, ZOOMS[self.zoom_w.value][0], 0,
-                                             ZOOMS[self.zoom_w.value][1], self.info.M)
+        zoom_rows, zoom_cols = self._zoom()
+        _, rows, _, cols = plots.mask_window(shape, 0, zoom_rows, 0, zoom_cols, self.info.M)
         self.row_w.max = max(0, shape[0] - rows)
         self.row_w.step = max(1, rows // 4)
         self.col_w.max = max(0, total_cols - cols)
@@ -406,7 +474,8 @@ class Explorer:
     def figure(self, view: str | None = None):
         """The figure of ``view`` (default: the current one) at the current state."""
         if self.info is None:
-            return plots._empty("mask explorer", textwrap.fill(self.found.message(), 70))
+            return plots._empty("mask explorer", "\n".join(
+                textwrap.fill(part, 70) for part in self.found.message().split("\n")))
         view = view or self.view
         window = self.window()
         if view == "compare":
@@ -422,7 +491,7 @@ class Explorer:
                                     f"{self.other.label} has no snapshot at epoch {self.epoch}")
             return compare_figure(self.info, self.other, self.layer, self.epoch, window)
         if view == "evolution":
-            return evolution_figure(self.info, self.layer, window)
+            return evolution_figure(self.info, self.layer, window, upto=self.epoch)
         return detail_figure(self.info, self.layer, self.epoch, window)
 
     def draw(self) -> None:
@@ -464,7 +533,7 @@ def _escape(text: str) -> str:
 
 
 def _html_message(text: str) -> str:
-    return f"<span>{_escape(text)}</span>"
+    return f"<span>{_escape(text).replace(chr(10), '<br>')}</span>"
 
 
 def open_explorer(runs_root: str | os.PathLike | None = None, study: str | None = None,

@@ -27,3 +27,17 @@ def reports_root(path: str | os.PathLike | None = None) -> Path:
     """``path``, else ``$MAXQ_REPORTS_ROOT``, else ``reports``; relative ones against the
     repository."""
     return in_repo(path or os.environ.get("MAXQ_REPORTS_ROOT") or "reports")
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as a report or message shows it: relative to the repository root when inside it
+    (``runs/claims``), so committed reports hold no machine's absolute paths; else as given,
+    the home folder written ``~``."""
+    path = Path(path).expanduser()
+    try:
+        return path.resolve().relative_to(REPO_ROOT.resolve()).as_posix() or "."
+    except ValueError:
+        home = str(Path.home())
+        text = str(path)
+        return "~" + text[len(home):] if home not in ("", "/") and text.startswith(home + "/") \
+            else text

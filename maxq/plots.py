@@ -10,6 +10,7 @@ import io
 import math
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -68,12 +69,37 @@ def _empty(title: str, message: str = "no data yet") -> Figure:
     return fig
 
 
-def _color(method: str, shown: Sequence[str]) -> str:
-    """The registry's colour of the method, else one by its position among those shown."""
-    spec = METHODS.get(method)
+#: colours of the methods without one in the registry, handed out in registry order (so a
+#: method keeps its colour in every figure, whatever else the figure shows); none of them is
+#: a registry colour (C0 MaxQ, C1 SR-STE, grey dense)
+FALLBACK_COLORS = ("C2", "C3", "C4", "C5", "C6", "C8", "C9", "navy", "darkgoldenrod", "olive",
+                   "teal", "crimson")
+
+
+def method_color(method: str) -> str:
+    """The one colour of a method in every figure: the registry's
+    (:attr:`maxq.methods.MethodSpec.color`), else a fixed one by the method's place among the
+    registry's methods without a colour; ``method`` may also be a registry label ("MaxQ");
+    anything else gets a colour fixed by its name (a CRC, not Python's salted ``hash``)."""
+    spec = METHODS.get(method) or next((s for s in METHODS.values() if s.label == method), None)
     if spec is not None and spec.color is not None:
         return spec.color
-    return f"C{(2 + list(shown).index(method)) % 10}" if method in shown else "C9"
+    uncoloured = [s.name for s in METHODS.values() if s.color is None]
+    if spec is not None:
+        return FALLBACK_COLORS[uncoloured.index(spec.name) % len(FALLBACK_COLORS)]
+    import zlib
+
+    return FALLBACK_COLORS[zlib.crc32(str(method).encode()) % len(FALLBACK_COLORS)]
+
+
+def palette(methods: Iterable[str] | None = None) -> dict[str, str]:
+    """``{method: colour}`` of ``methods`` (default: every registered method)."""
+    return {m: method_color(m) for m in (METHODS if methods is None else methods)}
+
+
+def _color(method: str, shown: Sequence[str] = ()) -> str:
+    """The method's fixed colour (:func:`method_color`); ``shown`` is ignored (kept for callers)."""
+    return method_color(method)
 
 
 def _grid(n: int, ncols: int = 4, size: tuple[float, float] = (4.0, 3.0),
@@ -365,6 +391,11 @@ def nm_block_share(hard: np.ndarray, M: int) -> float:
     return float((blocks < M).mean()) if blocks.size else float("nan")
 
 
+#: font size (points) of the mask figures' tick and axis labels; with their widths (at most
+#: MASK_WIDTH inches, so a notebook or HTML page shows them at about full size) the tick
+#: labels stay 10 px or more on screen
+MASK_FONT = 10
+MASK_WIDTH = 13.0
 #: the crop of a mask matrix: first row, rows, first column, columns
 Window = tuple[int, int, int, int]
 
@@ -401,14 +432,14 @@ def _mask_axes(ax, shape: Sequence[int], window: Window, M: int, *, xlabel: bool
     row0, rows, col0, cols = window
     ci = int(shape[1]) if len(shape) > 1 else 1
     positions = int(np.prod(shape[2:])) if len(shape) > 2 else 1
-    ax.set_ylabel("output channel")
+    ax.set_ylabel("output channel", fontsize=MASK_FONT)
     if xlabel:
         what = (f"column = kernel position × {ci} + input channel"
                 if positions > 1 else "input channel")
-        ax.set_xlabel(f"{what}\n(N:M blocks: {M} adjacent columns)", fontsize=8)
+        ax.set_xlabel(f"{what}\n(N:M blocks: {M} adjacent columns)", fontsize=MASK_FONT - 1)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
-    ax.tick_params(labelsize=7)
+    ax.tick_params(labelsize=MASK_FONT)
     lo, hi = col0 - 0.5, col0 + cols - 0.5
     if cols // max(1, M) <= 48 and M > 1:                 # zoomed in: every block boundary
         for x in range(col0 - col0 % M + M, col0 + cols, M):
@@ -446,7 +477,9 @@ def _block_image(fig, ax, hard: np.ndarray, M: int, window: Window, shape) -> An
     image = ax.imshow(_block_crop(hard, M, window), cmap=cmap, norm=norm, aspect="auto",
                       interpolation="nearest", extent=_extent(window))
     bar = fig.colorbar(image, ax=ax, ticks=range(M + 1))
-    bar.set_label(f"kept entries per block of {M}\n(N = N:M block, {M} = dense)", fontsize=8)
+    bar.set_label(f"kept entries per block of {M}\n(N = N:M block, {M} = dense)",
+                  fontsize=MASK_FONT - 1)
+    bar.ax.tick_params(labelsize=MASK_FONT)
     _mask_axes(ax, shape, window, M)
     return image
 
@@ -459,31 +492,34 @@ def mask_detail(hard: np.ndarray, soft: np.ndarray, M: int, *, title: str = "",
     figure."""
     shape = np.shape(hard)
     window = window or mask_window(shape, 0, max_rows, 0, max_cols, M)
-    fig, axes = plt.subplots(1, 4, figsize=(18, 4.6), layout="constrained",
-                             gridspec_kw={"width_ratios": [1, 1, 1, 0.8]})
+    fig, grid = plt.subplots(2, 2, figsize=(MASK_WIDTH, 8.6), layout="constrained")
+    axes = grid.ravel()
     image = axes[0].imshow(_crop(mask_matrix(hard, None, None), window), cmap="gray_r", vmin=0,
                            vmax=1, aspect="auto", interpolation="nearest", extent=_extent(window))
     bar = fig.colorbar(image, ax=axes[0], ticks=[0, 1])
-    bar.ax.set_yticklabels(["0 pruned", "1 kept"], fontsize=7)
-    bar.set_label("hard mask entry", fontsize=8)
-    axes[0].set_title("hard mask (black = kept)", fontsize=10)
+    bar.ax.set_yticklabels(["0 pruned", "1 kept"], fontsize=MASK_FONT)
+    bar.set_label("hard mask entry", fontsize=MASK_FONT - 1)
+    axes[0].set_title("hard mask (black = kept)", fontsize=MASK_FONT + 1)
     image = axes[1].imshow(_crop(mask_matrix(soft, None, None), window), cmap="viridis", vmin=0,
                            vmax=3, aspect="auto", interpolation="nearest", extent=_extent(window))
-    fig.colorbar(image, ax=axes[1]).set_label("soft mask value (weight multiplier;\n"
-                                              "0 pruned, 1 kept, up to 3 boosted)", fontsize=8)
-    axes[1].set_title("soft mask", fontsize=10)
+    bar = fig.colorbar(image, ax=axes[1])
+    bar.set_label("soft mask value (weight multiplier;\n0 pruned, 1 kept, up to 3 boosted)",
+                  fontsize=MASK_FONT - 1)
+    bar.ax.tick_params(labelsize=MASK_FONT)
+    axes[1].set_title("soft mask", fontsize=MASK_FONT + 1)
     _block_image(fig, axes[2], hard, M, window, shape)
-    axes[2].set_title(f"block view: kept per block of {M}", fontsize=10)
+    axes[2].set_title(f"block view: kept per block of {M}", fontsize=MASK_FONT + 1)
     for ax in axes[:2]:
         _mask_axes(ax, shape, window, M)
     kept = np.asarray(soft, dtype=float)[np.asarray(hard, dtype=bool)]
     axes[3].hist(kept, bins=np.linspace(1, 3, 41), color="C0")
-    axes[3].set_title(f"kept soft values, whole layer (n={kept.size})", fontsize=10)
-    axes[3].set_xlabel("soft mask value (weight multiplier)")
-    axes[3].set_ylabel("entries")
+    axes[3].set_title(f"kept soft values, whole layer (n={kept.size})", fontsize=MASK_FONT + 1)
+    axes[3].set_xlabel("soft mask value (weight multiplier)", fontsize=MASK_FONT)
+    axes[3].set_ylabel("entries", fontsize=MASK_FONT)
+    axes[3].tick_params(labelsize=MASK_FONT)
     share = nm_block_share(hard, M)
     fig.suptitle(f"{title}\n{window_text(shape, window)} · N:M blocks: {share:.0%} of the layer",
-                 fontsize=11)
+                 fontsize=MASK_FONT + 2)
     return fig
 
 
@@ -496,15 +532,15 @@ def mask_compare(hard_a: np.ndarray, hard_b: np.ndarray, M: int, *, labels: Sequ
         return _empty(title or "compare", f"shapes differ: {a.shape} vs {b.shape}")
     shape = a.shape
     window = window or mask_window(shape, 0, 64, 0, 96, M)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), layout="constrained")
+    fig, axes = plt.subplots(1, 3, figsize=(MASK_WIDTH, 5.0), layout="constrained")
     for ax, mask, label in zip(axes, (a, b), labels):
         image = ax.imshow(_crop(mask_matrix(mask, None, None), window), cmap="gray_r", vmin=0,
                           vmax=1, aspect="auto", interpolation="nearest", extent=_extent(window))
-        ax.set_title(f"{label}\nhard mask (black = kept); N:M blocks {nm_block_share(mask, M):.0%}",
-                     fontsize=9)
+        ax.set_title(f"{textwrap.fill(label, 40)}\nhard mask (black = kept); N:M blocks "
+                     f"{nm_block_share(mask, M):.0%}", fontsize=MASK_FONT - 1)
         _mask_axes(ax, shape, window, M)
     bar = fig.colorbar(image, ax=axes[1], ticks=[0, 1])
-    bar.ax.set_yticklabels(["0 pruned", "1 kept"], fontsize=7)
+    bar.ax.set_yticklabels(["0 pruned", "1 kept"], fontsize=MASK_FONT - 1)
     from matplotlib.colors import ListedColormap
 
     diff = mask_matrix(a, None, None).astype(int) - mask_matrix(b, None, None).astype(int)
@@ -513,18 +549,20 @@ def mask_compare(hard_a: np.ndarray, hard_b: np.ndarray, M: int, *, labels: Sequ
                            vmin=-1.5, vmax=1.5, aspect="auto", interpolation="nearest",
                            extent=_extent(window))
     bar = fig.colorbar(image, ax=axes[2], ticks=[-1, 0, 1])
-    bar.ax.set_yticklabels(["kept only\nin B", "same", "kept only\nin A"], fontsize=7)
+    bar.ax.set_yticklabels(["kept only\nin B", "same", "kept only\nin A"],
+                           fontsize=MASK_FONT - 1)
     _mask_axes(axes[2], shape, window, M)
     share = float((a != b).mean())
     crop_share = float((_crop(diff, window) != 0).mean())
-    axes[2].set_title(f"difference: {crop_share:.1%} of the shown entries", fontsize=9)
+    axes[2].set_title(f"difference: {crop_share:.1%} of the shown entries",
+                      fontsize=MASK_FONT - 1)
     fig.suptitle(f"{title}\nthe hard masks differ on {share:.1%} of the layer's entries · "
-                 f"{window_text(shape, window)}", fontsize=11)
+                 f"{window_text(shape, window)}", fontsize=MASK_FONT + 2)
     return fig
 
 
 def mask_evolution(hards: Mapping[int, np.ndarray], M: int, *, window: Window | None = None,
-                   title: str = "", ncols: int = 4) -> Figure:
+                   title: str = "", ncols: int = 3) -> Figure:
     """One layer across snapshot epochs: the block view (dense blocks keep M, N:M blocks N) of
     each epoch on the same crop, and the layer's share of N:M blocks per epoch."""
     epochs = sorted(hards)
@@ -535,7 +573,7 @@ def mask_evolution(hards: Mapping[int, np.ndarray], M: int, *, window: Window | 
     n = len(epochs) + 1
     ncols = max(1, min(ncols, n))
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 3.6 * nrows + 0.6),
+    fig, axes = plt.subplots(nrows, ncols, figsize=(MASK_WIDTH / 3 * ncols, 3.6 * nrows + 0.6),
                              squeeze=False, layout="constrained")
     from matplotlib.colors import BoundaryNorm
 
@@ -549,19 +587,21 @@ def mask_evolution(hards: Mapping[int, np.ndarray], M: int, *, window: Window | 
         image = ax.imshow(_block_crop(hard, M, window), cmap=cmap, norm=norm, aspect="auto",
                           interpolation="nearest", extent=_extent(window))
         _mask_axes(ax, shape, window, M, xlabel=i >= n - ncols - 1)
-        ax.set_title(f"epoch {epoch}: N:M blocks {shares[-1]:.0%}", fontsize=9)
+        ax.set_title(f"epoch {epoch}: N:M blocks {shares[-1]:.0%}", fontsize=MASK_FONT)
     last = axes.flat[len(epochs)]
     last.plot(epochs, shares, marker="o")
     last.set_ylim(-0.05, 1.05)
-    last.set_xlabel("epoch")
-    last.set_ylabel("share of N:M blocks (whole layer)")
+    last.set_xlabel("epoch", fontsize=MASK_FONT)
+    last.set_ylabel("share of N:M blocks (whole layer)", fontsize=MASK_FONT)
     last.xaxis.set_major_locator(MaxNLocator(integer=True))
+    last.tick_params(labelsize=MASK_FONT)
     last.grid(alpha=0.3)
     for ax in axes.flat[n:]:
         ax.set_axis_off()
     bar = fig.colorbar(image, ax=axes[:, :], ticks=range(M + 1), shrink=0.8)
-    bar.set_label(f"kept entries per block of {M} (N = N:M, {M} = dense)", fontsize=8)
-    fig.suptitle(f"{title}\n{window_text(shape, window)}", fontsize=11)
+    bar.set_label(f"kept entries per block of {M} (N = N:M, {M} = dense)", fontsize=MASK_FONT - 1)
+    bar.ax.tick_params(labelsize=MASK_FONT)
+    fig.suptitle(f"{title}\n{window_text(shape, window)}", fontsize=MASK_FONT + 2)
     return fig
 
 
@@ -589,10 +629,12 @@ def schedule_curves(frame: pd.DataFrame, *, chosen: str | None = None,
 
 
 def ablation_bars(table: pd.DataFrame, *, ylabel: str = "best top-1 (%)", ncols: int = 3,
-                  title: str = "") -> Figure:
+                  title: str = "", run_methods: Mapping[str, str] | None = None) -> Figure:
     """Bars with 95 % CI error bars (Student t over seeds) per arm, one panel per group, the
     verdict against the group's baseline under each arm (columns as from
-    :func:`maxq.results.ablation_table`)."""
+    :func:`maxq.results.ablation_table`). A bar has its method's colour
+    (:func:`method_color`): the method of the arm's runs when ``run_methods`` (run → method)
+    is given, else the arm's name read as a method or label."""
     if not len(table):
         return _empty(title or "ablation")
     groups = list(dict.fromkeys(table["group"]))
@@ -604,8 +646,9 @@ def ablation_bars(table: pd.DataFrame, *, ylabel: str = "best top-1 (%)", ncols:
         mean = sub["mean"].astype(float)
         low = (mean - sub["ci95_low"].astype(float)).fillna(0.0)
         high = (sub["ci95_high"].astype(float) - mean).fillna(0.0)
-        ax.bar(x, mean, yerr=[low, high], capsize=4,
-               color=[f"C{i % 10}" for i in range(len(sub))], alpha=0.85)
+        ax.bar(x, mean, yerr=[low, high], capsize=4, alpha=0.85,
+               color=[_arm_color(arm, runs, run_methods)
+                      for arm, runs in zip(sub["arm"], sub.get("runs", [""] * len(sub)))])
         ax.set_xticks(x, [f"{arm}\n({verdict})"
                           for arm, verdict in zip(sub["arm"], sub["verdict"])],
                       rotation=30, ha="right", fontsize=7)
@@ -630,6 +673,14 @@ def ablation_bars(table: pd.DataFrame, *, ylabel: str = "best top-1 (%)", ncols:
                           "first arm)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def _arm_color(arm: str, runs: Any, run_methods: Mapping[str, str] | None) -> str:
+    if run_methods is not None and isinstance(runs, str):
+        found = {run_methods.get(r) for r in runs.split()} - {None}
+        if len(found) == 1:
+            return method_color(found.pop())
+    return method_color(str(arm))
 
 
 # ----------------------------------------------------------------------------- evidence

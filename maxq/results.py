@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from maxq import cost, models, records, stats, studies
+from maxq import cost, models, paths, records, stats, studies
 from maxq import schedules as sched
 from maxq.methods import METHODS, is_maxq
 from maxq.studies import Study
@@ -213,14 +213,21 @@ def pick_layers(layer_names: Sequence[str], k: int = 3) -> list[str]:
 
 def focus_runs(results: Results, per_method: int = 1) -> list[str]:
     """Runs shown in the per-layer figures: the study's ``focus`` row if set, else the first
-    finished row; one run (the lowest seed) per method of that row."""
+    finished row with a MaxQ run (:attr:`maxq.methods.MethodSpec.maxq`), else the first with a
+    sparse run, else the first; one run (the lowest seed) per method of that row."""
     runs = results.finished
     if not len(runs):
         runs = results.runs[results.runs["epochs_done"] > 0] if len(results.runs) else runs
     if not len(runs):
         return []
     focus = getattr(results.spec, "focus", None)
-    row = focus if focus in set(runs["row"]) else runs["row"].iloc[0]
+    if focus in set(runs["row"]):
+        row = focus
+    else:           # a dense-only row has no masks to show: the first row with MaxQ, else sparse
+        spec = [METHODS.get(m) for m in runs["method"]]
+        ranked = [0 if s is not None and s.maxq else 1 if s is not None and s.sparse else 2
+                  for s in spec]
+        row = runs["row"].iloc[int(np.argmin(ranked))]
     picked = runs[runs["row"] == row].sort_values("seed").groupby("method", sort=False).head(
         per_method)
     return list(picked["run"])
@@ -627,7 +634,7 @@ def proxy_gflops(runs: pd.DataFrame) -> pd.DataFrame:
 def runs_note(results: Results, runs_root: str | os.PathLike | None = None) -> str:
     """One Markdown line for the report: how many runs were found where, or, plainly, that the
     study has none yet and the command that makes them."""
-    folder = studies.runs_root(runs_root) / str(results.study)
+    folder = paths.shown(studies.runs_root(runs_root) / str(results.study))
     if not len(results.runs):
         return (f"**No runs of study `{results.study}` yet** (nothing in `{folder}`): the tables "
                 f"and figures below are empty. Make the runs with `maxq batch {results.study}`.")

@@ -230,7 +230,8 @@ def robustness_markdown(table: pd.DataFrame, claims: pd.DataFrame,
                                zip(table["top1_mean"], table["top1_mean_rerun"])],
         "shift": [f"{x:+.2f}" for x in table["mean_shift"]],
         "95 % CI width": [f"{x:.2f}" for x in table["ci95_width"]],
-        "|shift| / CI width": [f"{x:.2f}" for x in table["shift_over_ci_width"]],
+        # no "|" in a header: Markdown reads it as a cell border and prints the table as text
+        "abs(shift) / CI width": [f"{x:.2f}" for x in table["shift_over_ci_width"]],
         "largest single-run change": [f"{x:.2f}" for x in table["largest_run_change"]],
     })
     lines.append(frame.to_markdown(index=False, disable_numparse=True) + "\n")

@@ -65,6 +65,91 @@ def test_find_runs_of_studies_single_runs_and_paths(root, tmp_path):
     assert extra.get(str(elsewhere)).label == str(elsewhere) and len(extra) == 4
 
 
+def test_no_runs_of_a_study_gives_that_study_s_command(tmp_path):
+    text = explorer.find_runs(tmp_path / "nothing", study="cpu").message()
+    assert "maxq batch cpu" in text and "make study" in text and "smoke" not in text
+    text = explorer.find_runs(tmp_path / "nothing", study="claims").message()
+    assert "maxq batch claims" in text and "smoke" not in text
+
+
+def test_fresh_clone_shows_the_committed_sample_runs(monkeypatch, tmp_path):
+    """No runs in the repository's runs/ (here: a repository root without any) and no
+    $MAXQ_RUNS_ROOT: the explorer lists the committed samples/sample/ runs, every epoch's
+    masks, and says that they are samples."""
+    monkeypatch.delenv("MAXQ_RUNS_ROOT", raising=False)
+    monkeypatch.setattr(paths, "REPO_ROOT", tmp_path)
+    found = explorer.find_runs()
+    assert found.samples and len(found.runs) >= 2
+    assert all(r.label.startswith("sample/") for r in found.runs)
+    assert "committed sample runs" in found.message() and explorer.MAKE_RUNS in found.message()
+    methods = {r.method for r in found.runs}
+    assert {"SoftMaxQConv2DBN", "SoftSRSTEConv2dBN"} <= methods
+    for info in found.runs:
+        epochs = int(records.read_config(info.path)["epochs"])
+        assert info.epochs == tuple(range(epochs)) and epochs >= 4     # every epoch's masks
+    size = sum(p.stat().st_size for p in explorer.SAMPLES_ROOT.rglob("*") if p.is_file()
+               and not p.name.endswith((".pth", ".ipynb", ".log")))
+    assert size < 5e6, size                                  # what git holds of the samples
+    maxq = next(r for r in found.runs if r.method == "SoftMaxQConv2DBN" and r.N == 2)
+    shares = [plots.nm_block_share(explorer.load_layer(maxq, e, maxq.layers[1])["hard"],
+                                   maxq.M) for e in maxq.epochs]
+    assert shares[0] < shares[-1] == 1.0                     # the N:M share grows to all blocks
+    ui = explorer.Explorer(found)                            # opens on real masks, no error
+    assert ui.errors == [] and ui.title.startswith("sample/")
+    # an explicit runs root or a study's runs: no samples
+    assert not explorer.find_runs(tmp_path / "elsewhere").runs
+    assert not explorer.find_runs(study="cpu").runs
+
+
+def test_default_zoom_shows_blocks_with_readable_labels():
+    """At the default zoom every block boundary is drawn (zoomed in) for every N:M pattern,
+    tick labels are MASK_FONT points on a figure no wider than MASK_WIDTH inches."""
+    for M in (4, 8, 16):
+        hard = np.ones((64, 64, 3, 3), dtype=bool)
+        rows, blocks = explorer.ZOOMS[explorer.DEFAULT_ZOOM]
+        window = plots.mask_window(hard.shape, 0, rows, 0, blocks * M, M)
+        assert window[3] == blocks * M and window[3] // M <= 48
+        for fig in (plots.mask_detail(hard, hard.astype(np.float32), M, window=window),
+                    plots.mask_compare(hard, hard, M, window=window),
+                    plots.mask_evolution({0: hard, 1: hard}, M, window=window)):
+            assert fig.get_size_inches()[0] <= plots.MASK_WIDTH
+            ax = fig.axes[0]
+            orange = [ln for ln in ax.lines if ln.get_color() == "tab:orange"]
+            assert len(orange) == blocks - 1                 # a line between every two blocks
+            assert all(t.get_fontsize() >= 9 for t in ax.get_xticklabels() + ax.get_yticklabels())
+
+
+def test_committed_notebooks_have_no_outputs_and_the_lab_hook_keeps_them_so():
+    import copy
+    import json
+
+    from maxq import lab
+
+    for path in sorted((paths.REPO_ROOT / "notebooks").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        assert not lab.has_outputs(nb), f"{path.name} holds outputs (run state); strip them"
+        run = copy.deepcopy(nb)
+        code = next(c for c in run["cells"] if c["cell_type"] == "code")
+        code["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "x\n"}]
+        code["execution_count"] = 7
+        run["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {}}
+        assert lab.has_outputs(run)
+        model = {"type": "notebook", "content": run}
+        lab.pre_save_hook(model=model, path=f"notebooks/{path.name}")
+        assert model["content"] == nb                        # saved exactly as committed
+        model = {"type": "notebook", "content": copy.deepcopy(run)}
+        lab.pre_save_hook(model=model, path=f"reports/x/{path.name}")     # not a template
+        assert model["content"] == run
+        # another Python's kernel rewrote the language metadata: the file on disk's is kept
+        run["metadata"]["language_info"] = {"name": "python", "version": "3.99.0"}
+        model = {"type": "notebook", "content": run}
+
+        class Server:                                        # the contents manager's root
+            root_dir = str(paths.REPO_ROOT)
+        lab.pre_save_hook(model=model, path=f"notebooks/{path.name}", contents_manager=Server())
+        assert model["content"] == nb
+
+
 def test_no_runs_says_where_it_looked_and_the_command(tmp_path):
     found = explorer.find_runs(tmp_path / "nothing")
     text = found.message()
@@ -116,11 +201,16 @@ def test_widget_switches_run_layer_epoch_and_views(root):
     ui.view_w.value = "compare"
     ui.other_w.value = "smoke/r18-maxq"
     assert ui.title == "smoke/r18-srste vs smoke/r18-maxq · layer2.0.conv2 · epoch 0"
-    ui.view_w.value = "evolution"
+    ui.view_w.value = "evolution"                             # the strip ends at the slider's epoch
+    assert ui.title == "smoke/r18-srste · layer2.0.conv2 · epochs 0"
+    ui.epoch_w.value = 2
     assert ui.title == "smoke/r18-srste · layer2.0.conv2 · epochs 0, 1, 2"
-    ui.zoom_w.value = "16 × 24"
+    assert ui.zoom_w.value == explorer.DEFAULT_ZOOM == "16 rows × 8 blocks"
     ui.row_w.value, ui.col_w.value = 5, 30
-    assert ui.window() == (0, 8, 28, 24)                       # 8 rows; columns on blocks of 4
+    assert ui.window() == (0, 8, 28, 32)             # 8 rows; 8 blocks of 4 from a block start
+    ui.zoom_w.value = "32 rows × 16 blocks"
+    ui.col_w.value = 30
+    assert ui.window() == (0, 8, 8, 64)                        # clamped to the 72 columns
     assert ui.errors == []
 
 

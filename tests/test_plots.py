@@ -132,3 +132,44 @@ def test_accuracy_vs_flops_labels_of_equal_density_patterns_do_not_overlap():
     fig.canvas.draw()
     boxes = {k: t.get_window_extent() for k, t in notes.items()}
     assert not boxes["1:4"].overlaps(boxes["2:8"])
+
+
+def test_one_colour_per_method_in_every_figure(res):
+    """The palette is keyed by method: the registry's colour, else a fixed fallback; the same
+    method has the same colour whatever else a figure shows, and no two methods share one."""
+    from maxq.methods import METHODS
+
+    colours = plots.palette()
+    assert colours["SoftMaxQConv2DBN"] == METHODS["SoftMaxQConv2DBN"].color
+    assert colours["SoftSRSTEConv2dBN"] == METHODS["SoftSRSTEConv2dBN"].color
+    assert len(set(map(matplotlib.colors.to_hex, colours.values()))) == len(colours)
+    assert plots.method_color("MaxQ") == colours["SoftMaxQConv2DBN"]        # by label too
+    assert plots.method_color("not a method") == plots.method_color("not a method")
+
+    def line_colours(fig):
+        return {line.get_label().split(" s")[0]: matplotlib.colors.to_hex(line.get_color())
+                for ax in fig.axes for line in ax.lines if not line.get_label().startswith("_")}
+
+    both = line_colours(plots.training_curves(res.epochs, res.runs))
+    srste_only = res.epochs[res.epochs["method"] == "SoftSRSTEConv2dBN"]
+    alone = line_colours(plots.training_curves(srste_only, res.runs))
+    assert alone["SR-STE"] == both["SR-STE"] == matplotlib.colors.to_hex(colours["SoftSRSTEConv2dBN"])
+    bars = plots.ablation_bars(results.ablation_table(res),
+                               run_methods=res.runs.set_index("run")["method"])
+    faces = {matplotlib.colors.to_hex(p.get_facecolor()) for ax in bars.axes for p in ax.patches}
+    assert matplotlib.colors.to_hex(colours["SoftMaxQConv2DBN"]) in faces
+
+
+def test_focus_row_is_a_row_with_masks(res):
+    """Without a focus in the study file, the per-layer figures take the first row with a MaxQ
+    run, not a dense-only row (which has no masks)."""
+    import pandas as pd
+
+    dense = res.runs.iloc[[0]].copy()
+    dense["row"], dense["run"], dense["method"] = "dense", "dense-DenseConv2dBN-s0", "DenseConv2dBN"
+    res.runs = pd.concat([dense, res.runs], ignore_index=True)
+    assert res.spec.focus is None
+    focus = results.focus_runs(res)
+    assert focus and all(f != "dense-DenseConv2dBN-s0" for f in focus)
+    run, snaps, layers = results.heatmap_selection(res)
+    assert run is not None and snaps and layers
