@@ -253,8 +253,10 @@ def refresh_masks(model: nn.Module, workers: int | None = None) -> int:
 
     Layers are independent, so they are computed side by side on ``workers`` threads (default
     ``torch.get_num_threads()``; each single-threaded, largest layers first): on a 2-core CPU
-    this is faster than one layer after another with 2 threads per op. Every mask is computed
-    exactly as alone, so the result does not depend on ``workers``. The next training forward
+    this is faster than one layer after another with 2 threads per op. Where the C kernel does not
+    run (CUDA, ``MAXQ_NATIVE=0``), layers of one weight shape and setting are stacked into one
+    call of the op ``maxq::maxq_mask`` instead (:func:`_refresh_stacked`). Every mask is computed
+    exactly as alone, so the result does not depend on ``workers`` or the stacking. The next training forward
     uses these masks instead of recomputing them. Returns the number of masks refreshed.
     """
     return _refresh([m for m in sparse_layers(model).values() if m.maxq.trainable], workers)
