@@ -202,7 +202,7 @@ def _keep_high(X, k: int, vk, above=None, n_above=None) -> torch.Tensor:
         n_above = above.sum(-1)
     need = (X.shape[-1] - k) - n_above                   # boundary-valued entries still to keep
     eq = X == vk.unsqueeze(-1)
-    return above | (eq & (eq.cumsum(-1) <= need.unsqueeze(-1)))
+    return above | (eq & (eq.cumsum(-1, dtype=torch.int32) <= need.unsqueeze(-1)))
 
 
 def _keep_low(X, k: int, vk) -> torch.Tensor:
@@ -211,7 +211,7 @@ def _keep_low(X, k: int, vk) -> torch.Tensor:
     below = X < vk.unsqueeze(-1)
     need = k - below.sum(-1)
     eq = X == vk.unsqueeze(-1)
-    return below | (eq & (eq.cumsum(-1) <= need.unsqueeze(-1)))
+    return below | (eq & (eq.cumsum(-1, dtype=torch.int32) <= need.unsqueeze(-1)))
 
 
 def _query(X: torch.Tensor, k: int, tau: float, hard: bool, per_layer: bool) -> torch.Tensor:
