@@ -1,6 +1,5 @@
 """Train-step benchmark: dense ResNet-50 vs MaxQ (mask recomputed every step) vs SR-STE vs MaxQ
-with the sort-based reference mask, side by side in one process, and where a MaxQ mask refresh
-spends its time.
+with the sort-based reference mask, side by side in one process.
 
 Setting (the issue's): stock torchvision ResNet-50, 32x32 input, batch 64, SGD (lr 0.1,
 momentum 0.9, weight decay 1e-4), cross-entropy; one step = forward + backward + optimizer step.
@@ -13,20 +12,16 @@ side-by-side refresh gains. ``--decay`` adds the SR-STE decay step of the recipe
 SR-STE = ``sparsify(model, "SoftSRSTEConv2dBN", 2, 4)``: its hard N:M mask (``nm_mask``) every
 step and its decay (``--decay``, else the recipe's 2e-4) after backward. Where the fused native
 mask passes are built (``maxq/native.py``), a row with the same MaxQ model on the pure-torch mask
-path (``MAXQ_NATIVE=0`` around its steps; same masks) shows what they gain (``--no-torch-path``
-drops it).
-
-The per-stage profile: after the timed rounds, the MaxQ model takes ``--profile-rounds`` more
-steps, after each of which its masks are refreshed once more, one layer after another, under
-``maxq.masks.profile_stages`` (same clock); it lists every stage's time per refresh (min and
-median over those rounds) and its share, and the whole refresh.
+path (``MAXQ_NATIVE=0`` around its steps: the sync-free formulation, equal-shaped layers stacked
+into one call of the op ``maxq::maxq_mask``; same masks) shows what they gain
+(``--no-torch-path`` drops it).
 
 The models start from the same weights and take the same steps on the same data, round
 by round (``--rounds``), after ``--warmup`` untimed steps. The table reports min and median per
 step and the ratio of minima to the dense step.
 
 Run: ``python benchmarks/train_step.py`` (options: --threads, --rounds, --warmup, --decay,
---profile-rounds, --clock cpu for process CPU time instead of wall time; on a busy machine use
+--clock cpu for process CPU time instead of wall time; on a busy machine use
 ``--threads 1 --clock cpu``).
 """
 from __future__ import annotations
@@ -46,7 +41,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(_HERE, ".."))
 from maxq.mask_reference import reference_maxq_mask  # noqa: E402
 
-from maxq import masks, native, sparse  # noqa: E402
+from maxq import native, sparse  # noqa: E402
 
 
 def mask_path() -> str:
@@ -69,25 +64,6 @@ def use_reference_masks(model) -> None:
                                        progressive=st.method.progressive,
                                        generator=st.generator)
         st.compute_mask = compute
-
-
-def stage_profile(model, step, data, rounds: int, clock) -> tuple[dict, list]:
-    """Per-stage times of ``rounds`` refreshes of every mask of ``model`` (layers one after
-    another): ({stage: [seconds per round]}, [whole refresh per round]). Each round first takes
-    one untimed training step, so that the weights moved by one step since the last refresh, as
-    in training."""
-    layers = [m for m in sparse.sparse_layers(model).values() if m.maxq.trainable]
-    stages, totals = {}, []
-    for i in range(rounds):
-        step(*data[i % len(data)])
-        with masks.profile_stages(clock) as prof:
-            t = clock()
-            for m in layers:
-                m.refresh_mask()
-            totals.append(clock() - t)
-        for name, sec in prof.items():
-            stages.setdefault(name, []).append(sec)
-    return stages, totals
 
 
 TORCH_PATH = "MaxQ 2:4, torch-path masks (MAXQ_NATIVE=0)"
@@ -134,8 +110,6 @@ def main(argv=None):
     p.add_argument("--no-reference", action="store_true", help="skip the sort-based variant")
     p.add_argument("--no-torch-path", action="store_true",
                    help="skip the MaxQ row with the pure-torch mask path (MAXQ_NATIVE=0)")
-    p.add_argument("--profile-rounds", type=int, default=3,
-                   help="refreshes timed per stage after the rounds (0: no profile)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="wall time, or process CPU time (robust on a shared machine with "
                         "--threads 1)")
@@ -188,22 +162,6 @@ def main(argv=None):
     print(f"{'variant':<40} {'min s':>8} {'median s':>9} {'ratio':>7}")
     for name, ts in times.items():
         print(f"{name:<40} {min(ts):8.3f} {statistics.median(ts):9.3f} {min(ts) / base:7.3f}")
-
-    if args.profile_rounds > 0:
-        stages, totals = stage_profile(maxq_model, steps["MaxQ 2:4, maxq_mask every step"], data,
-                                       args.profile_rounds, clock)
-        n = sum(m.weight.numel() for m in sparse.sparse_layers(maxq_model).values())
-        print(f"\nMaxQ mask refresh by stage ({len(sparse.sparse_layers(maxq_model))} layers, "
-              f"{n / 1e6:.1f} M weights, one after another, {args.profile_rounds} rounds, "
-              f"{args.clock} clock)")
-        print(f"{'stage':<40} {'min s':>8} {'median s':>9} {'share':>7}")
-        whole = statistics.median(totals)
-        order = sorted(stages, key=lambda name: name.startswith("final"))   # final write last
-        for name in order:
-            ts = stages[name]
-            med = statistics.median(ts)
-            print(f"{name:<40} {min(ts):8.3f} {med:9.3f} {med / whole:7.1%}")
-        print(f"{'whole refresh (incl. untimed glue)':<40} {min(totals):8.3f} {whole:9.3f}")
 
 
 if __name__ == "__main__":

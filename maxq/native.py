@@ -21,6 +21,8 @@ import threading
 import warnings
 from pathlib import Path
 
+import torch
+
 SOURCE = Path(__file__).with_name("_native.c")
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-fast-math", "-fPIC", "-shared",
          "-std=c11"]
@@ -119,3 +121,130 @@ def lib() -> ctypes.CDLL | None:
 def error() -> str | None:
     """Why :func:`lib` returned None after trying (None if it loaded or was not tried)."""
     return _ERROR
+
+
+# ----------------------------------------------------------------------------------------------
+# the masks by the fused passes (called by maxq.masks on the CPU)
+# ----------------------------------------------------------------------------------------------
+def _ptr(t):
+    return None if t is None else t.data_ptr()
+
+
+def _buffer(cache, name, shape, dtype=None):
+    """Scratch tensor; reused from ``cache`` between calls (saves page faults), else new."""
+    dtype = dtype or torch.float32
+    if cache is None:
+        return torch.empty(shape, dtype=dtype)
+    ws = cache.setdefault("workspace", {})
+    buf = ws.get(name)
+    if buf is None or buf.shape != torch.Size(shape) or buf.dtype != dtype:
+        buf = ws[name] = torch.empty(shape, dtype=dtype)
+    return buf
+
+
+def _input(weight, M: int):
+    """(library, contiguous float32 weight, Co, Ci, P) when the C kernel applies (a CPU weight,
+    M <= 64, at most 64 kernel positions, the library built and enabled), else None."""
+    if weight.device.type != "cpu" or M > 64:
+        return None
+    P = weight.shape[2] * weight.shape[3] if weight.dim() == 4 else 1
+    if P > 64:
+        return None
+    so = lib()
+    if so is None:
+        return None
+    w = weight.detach()
+    if w.dtype != torch.float32:
+        w = w.float()
+    return so, w.contiguous(), weight.shape[0], weight.shape[1], P
+
+
+def block_keep(weight, n_keep: int, M: int, cache=None, l1=None):
+    """B (uint8 0/1, weight's shape) by the C pass (and the block L1 norms into ``l1``), or None
+    where it does not apply."""
+    got = _input(weight, M)
+    if got is None:
+        return None
+    so, w, Co, Ci, P = got
+    B = _buffer(cache, "native B", weight.shape, torch.uint8)
+    so.maxq_block_keep(w.data_ptr(), Co, Ci, P, M, n_keep, B.data_ptr(), _ptr(l1))
+    return B
+
+
+def maxq_mask(weight, N, M, rho, tau, axis, selection, progressive, generator, cache):
+    """maxq_mask by the fused C passes (same result as the torch path), or None where they do not
+    apply (then the torch path runs).
+
+    One pass gives B (and the block L1 norms when dense blocks are picked by L1), one pass per
+    axis verifies the warm window of every row and extracts x(k), x(k+1) from the entries inside
+    (an exact quickselect where a window misses, and cold), one pass writes both axes' terms
+    before the sigmoid ((x - thr) / tau where B and H, else -inf), torch applies the sigmoid to
+    each whole tensor (as the reference), and one pass writes S = (Q_f + B) + Q_k. State per layer
+    in ``cache["native"]``: each row's statistics, spacing and recent shift of thr."""
+    from maxq import masks as mm
+
+    got = _input(weight, M)
+    if got is None:
+        return None
+    so, w, Co, Ci, P = got
+    if cache is not None:
+        signature = (tuple(weight.shape), N, M)
+        if cache.get("signature") != signature:
+            cache.clear()
+            cache["signature"] = signature
+    shape, n = weight.shape, w.numel()
+    st = {} if cache is None else cache.setdefault("native", {})
+    G = n // M
+    n_keep = M - mm._floor((M - N) * (1.0 - rho)) if progressive else N
+    n_dense = 0 if progressive else min(G, mm._floor(rho * G))
+    l1 = _buffer(cache, "native l1", (G,)) if n_dense and selection != "random" else None
+    B = block_keep(w.view(shape), n_keep, M, cache, l1)
+    if n_dense:
+        dense = mm.dense_blocks(l1 if l1 is not None else w.view(-1)[:G], n_dense, selection,
+                                generator)
+        B5 = mm._blocks5(B.view(1, Co, Ci, P), M)
+        B = mm._apply_dense(B5, dense.view(1, G)).view(shape)
+    if axis == "none":
+        return B.to(weight.dtype)
+    B = B.contiguous().to(torch.uint8)
+    S = torch.empty(shape, dtype=torch.float32)
+    kernel = w.dim() == 4 and P > 1
+    Yk = _buffer(cache, "native Yk", shape) if kernel else None
+    fstate = st.get("filter")
+    warm = fstate is not None
+    if not warm:
+        fstate = st["filter"] = torch.zeros(Co, 4)
+    fneed = _buffer(cache, "native fneed", (Co,), torch.int32)
+    L = Ci * P
+    scratch = _buffer(cache, "native row", (L + 16,))
+    missed = so.maxq_select_rows(w.data_ptr(), Co, L, mm.query_k(L, N, M), int(warm),
+                                 fstate.data_ptr(), fneed.data_ptr(), scratch.data_ptr())
+    if missed < 0:                                    # NaN: the torch path decides
+        st.clear()
+        return None
+    st["filter missed"] = missed
+    kstate = kneed = kcount = None
+    if kernel:
+        kstate = st.get("kernel")
+        warm = kstate is not None
+        if not warm:
+            kstate = st["kernel"] = torch.zeros(P, 4)
+        kneed = _buffer(cache, "native kneed", (P,), torch.int32)
+        kcount = _buffer(cache, "native kcount", (2 * P,), torch.int64)
+        missed = so.maxq_select_cols(w.data_ptr(), Co * Ci, P, mm.query_k(Co * Ci, N, M),
+                                     int(warm), kstate.data_ptr(), kneed.data_ptr(),
+                                     Yk.data_ptr(), kcount.data_ptr())
+        if missed < 0:
+            st.clear()
+            return None
+        st["kernel missed"] = missed
+    hard = axis == "hard"
+    so.maxq_compose(w.data_ptr(), Co, Ci, P, B.data_ptr(), fstate.data_ptr(), fneed.data_ptr(),
+                    _ptr(kstate), _ptr(kneed), float(tau), int(hard), S.data_ptr(), _ptr(Yk),
+                    _ptr(kcount))
+    if not hard:
+        S.sigmoid_()
+        if kernel:
+            Yk.sigmoid_()
+    so.maxq_finish(S.data_ptr(), B.data_ptr(), _ptr(Yk), S.data_ptr(), n)
+    return S.to(weight.dtype)

@@ -270,14 +270,62 @@ def refresh_masks(model: nn.Module, workers: int | None = None) -> int:
 
     Layers are independent, so they are computed side by side on ``workers`` threads (default
     ``torch.get_num_threads()``; each single-threaded, largest layers first): on a 2-core CPU
-    this is faster than one layer after another with 2 threads per op. Every mask is computed
-    exactly as alone, so the result does not depend on ``workers``. The next training forward
+    this is faster than one layer after another with 2 threads per op. Where the C kernel does not
+    run (CUDA, ``MAXQ_NATIVE=0``), layers of one weight shape and setting are stacked into one
+    call of the op ``maxq::maxq_mask`` instead (:func:`_refresh_stacked`). Every mask is computed
+    exactly as alone, so the result does not depend on ``workers`` or the stacking. The next training forward
     uses these masks instead of recomputing them. Returns the number of masks refreshed.
     """
     return _refresh([m for m in sparse_layers(model).values() if m.maxq.trainable], workers)
 
 
+def _stack_key(m: nn.Module) -> tuple | None:
+    """Layers with equal keys get their masks from one stacked call of the registered op
+    ``maxq::maxq_mask`` (:mod:`maxq.mask_op`); None: the layer computes its own mask (random
+    dense blocks need its generator; the fixed and V1 masks; an instance-level ``compute_mask``;
+    and, on the CPU with the C kernel built, every layer: it keeps per-layer warm windows)."""
+    st, w = m.maxq, m.weight
+    spec = st.method
+    if "compute_mask" in vars(st) or spec.mask not in ("maxq", "nm"):
+        return None
+    if spec.mask == "maxq" and spec.selection == "random":
+        return None
+    if w.device.type == "cpu" and mask_math._use_native(w, st.cache):
+        return None
+    if spec.mask == "nm":
+        args = (0.0, st.tau, "none", "smallest", False)
+    else:
+        args = (st.dense_fraction if spec.incremental else 0.0, st.tau, spec.axis,
+                spec.selection, spec.progressive)
+    return (tuple(w.shape), w.dtype, w.device, st.N, st.M) + args
+
+
+def _refresh_stacked(layers: list[nn.Module]) -> list[nn.Module]:
+    """Refresh the layers that share a :func:`_stack_key` with one op call per key (so the
+    launches grow with the distinct shapes, not with the layers); returns the other layers."""
+    from maxq import mask_op
+
+    groups: dict[tuple, list[nn.Module]] = {}
+    rest = []
+    for m in layers:
+        key = _stack_key(m)
+        (rest if key is None else groups.setdefault(key, [])).append(m)
+    with torch.no_grad():
+        for key, group in groups.items():
+            N, M, rho, tau, axis, selection, progressive = key[3:]
+            stack = torch.stack([m.weight.detach() for m in group])
+            out = mask_op.maxq_mask(stack, N, M, rho, tau, axis, selection, progressive)
+            for m, mask in zip(group, out.unbind(0)):
+                m.weight_mask = mask
+                m.maxq.fresh_for = _weight_key(m.weight)
+    return rest
+
+
 def _refresh(layers: list[nn.Module], workers: int | None = None) -> int:
+    count = len(layers)
+    layers = _refresh_stacked(layers)
+    if not layers:
+        return count
     workers = max(1, min(len(layers), workers or torch.get_num_threads()))
     if workers == 1 or any(m.weight.device.type != "cpu" for m in layers):
         for m in layers:
@@ -286,7 +334,7 @@ def _refresh(layers: list[nn.Module], workers: int | None = None) -> int:
         layers = sorted(layers, key=lambda m: -m.weight.numel())
         for future in [_pool(workers).submit(m.refresh_mask) for m in layers]:
             future.result()
-    return len(layers)
+    return count
 
 
 def set_mask_interval(model: nn.Module, every: int, forwards: int = 0) -> None:

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py: without CUDA it says so and exits 0; ``--cpu`` runs its CPU-side
+"""scripts/gpu_check.py: without CUDA it says so in one line and exits 0; ``--cpu`` runs its CPU-side
 parts (the same code at toy sizes: train steps with bf16 CPU autocast and channels_last, the
 DataLoader side of the data check, the eligible 2:4 layers, a 1-process gloo DDP step, a short
 ``maxq train`` run exported to ONNX and checked in onnxruntime) and prints the one table."""
@@ -13,7 +13,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+SCRIPT = ROOT / "scripts" / "gpu_check.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
@@ -23,6 +23,7 @@ def test_without_cuda_it_says_so_and_exits_0():
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "no CUDA device" in done.stdout and "|" not in done.stdout
+    assert len(done.stdout.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
@@ -38,7 +39,11 @@ def test_cpu_side_parts_run_and_fill_the_table(tmp_path):
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 7 and cells[0] not in ("check", "-----"):
             rows.setdefault(cells[0], []).append(cells)
-    assert set(rows) == {"train step", "data", "2:4 kernels", "DDP", "train", "ONNX"}
+    assert set(rows) == {"masks", "no host sync", "train step", "mask refresh", "data",
+                         "2:4 kernels", "DDP", "train", "ONNX"}
+    assert rows["masks"][0][6] == "n/a (needs CUDA)"
+    assert rows["no host sync"][0][6] == "n/a (needs CUDA)"
+    assert "convs" in rows["mask refresh"][0][1] and rows["mask refresh"][0][3].endswith(" ms")
     fp16, bf16 = rows["train step"]
     assert "fp16" in fp16[1] and fp16[6] == "n/a (fp16 needs CUDA)"
     assert "bf16 channels_last" in bf16[1]

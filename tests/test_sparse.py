@@ -315,3 +315,26 @@ def test_registry_covers_the_seed_names_and_ablations():
                  "HardMaxQConv2DBN", "MaxQHardAxis", "MaxQNoIncremental", "MaxQInverseSelection",
                  "MaxQRandomSelection", "MaxQProgressiveN", "ASPFixedMask"]:
         assert name in METHODS
+
+
+def test_stacked_refresh_one_op_call_per_shape_and_masks_as_per_layer(monkeypatch):
+    """Without the C kernel (CUDA's path), the model refresh stacks the layers of one weight shape
+    into one call of the registered op: ResNet-50's 52 sparse convs take one call per distinct
+    shape, and every mask equals that layer's own maxq_mask; SR-STE's hard masks likewise."""
+    from maxq import mask_op
+
+    monkeypatch.setenv("MAXQ_NATIVE", "0")
+    calls = []
+    op = mask_op.maxq_mask
+    monkeypatch.setattr(mask_op, "maxq_mask", lambda w, *a: calls.append(w.shape[0]) or op(w, *a))
+    for method, expected in (("SoftMaxQConv2DBN", masks.maxq_mask), ("SoftSRSTEConv2dBN",
+                                                                       masks.nm_mask)):
+        model = small_model("resnet50", method)
+        _perturb_(model, 4)
+        calls.clear()
+        assert sparse.refresh_masks(model) == 52
+        layers = sparse.sparse_layers(model)
+        assert len(calls) == len({tuple(m.weight.shape) for m in layers.values()}) < 52
+        assert sum(calls) == 52
+        for name, m in layers.items():
+            assert torch.equal(m.weight_mask, expected(m.weight.detach(), 2, 4)), name

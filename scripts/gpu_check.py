@@ -1,14 +1,23 @@
-"""GPU check: the kit's CUDA code paths, measured and checked in one run, one table (≤ 8 min on
-one GPU). Run it the first time a GPU is there:
+"""GPU check: the kit's CUDA code paths, measured and checked in one run, one Markdown table
+(about 8 min on one GPU). Run it the first time a GPU is there:
 
-    python benchmarks/gpu_check.py [--out table.md]
+    python scripts/gpu_check.py [--out table.md]
 
 Rows of the table:
 
+* **masks** -- ``maxq_mask`` / ``nm_mask`` of ResNet-50's sparse conv shapes on CUDA vs the same
+  weights on the CPU (both the sync-free torch path, ``MAXQ_NATIVE=0``): the hard structure
+  (zero set, hard-axis and N:M masks) must be identical; the soft values may differ in the last
+  bits (CUDA's division by ``tau`` and ``expf`` are not the CPU's vectorised ones), reported as the
+  largest absolute difference (target <= 1e-6).
+* **no host sync** -- one MaxQ training step (ResNet-50, bf16 AMP, masks refreshed by the stacked
+  op) under ``torch.cuda.set_sync_debug_mode("error")``: any host-device synchronisation raises.
 * **train step** -- dense ResNet-50 vs MaxQ (``SoftMaxQConv2DBN`` 2:4, masks recomputed on every
   step, dense fraction 0), 224 px, batch 128, SGD, channels_last, AMP fp16 (with a grad scaler)
   and bf16: median ms per step (forward + backward + optimizer step, CUDA-synchronised) and the
   MaxQ ÷ dense ratio; target ≤ 1.05.
+* **mask refresh** -- ``maxq.sparse.refresh_masks`` of the MaxQ ResNet-50 (52 convs, one op call
+  per distinct shape): median ms, CUDA-synchronised.
 * **data** -- the DALI GPU pipeline (``ImageNetDali``, ``device=cuda``) vs torchvision's
   DataLoader (``ImageNet``) on a generated JPEG tree: training images/s over one epoch each
   (:func:`maxq.data.build_loaders`, what training iterates).
@@ -20,9 +29,11 @@ Rows of the table:
 * **train + ONNX** -- a one-epoch ``maxq train`` run on the device, then ``maxq export --format
   onnx`` of it, whose outputs onnxruntime must match PyTorch's.
 
-Without CUDA it says so and exits 0. ``--cpu`` runs the same code on the CPU at toy sizes
-(ResNet-18, 16 px, batch 4, a step or two; bf16 via CPU autocast, fp16 marked CUDA-only; gloo for
-DDP; the DataLoader side; the eligible layers counted, not timed): the test suite runs that.
+Without CUDA it prints one line saying so and exits 0 (nothing to check is not a failure); with
+CUDA it exits 1 when a row FAILED. ``--cpu`` runs the same code on the CPU at toy sizes
+(ResNet-18, 16 px, batch 4, a step or two; bf16 via CPU autocast, fp16 and the CUDA-only rows
+marked n/a; gloo for DDP; the DataLoader side; the eligible layers counted, not timed): the test
+suite runs that.
 """
 from __future__ import annotations
 
@@ -44,7 +55,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from maxq import models, sparse  # noqa: E402
+from maxq import masks, models, sparse  # noqa: E402
 
 HEADER = ("check", "setting", "baseline", "candidate", "ratio", "target", "status")
 
@@ -119,6 +130,84 @@ def check_train_steps(device, *, arch, size, batch, warmup, steps, log) -> list[
                      f"{ratio:.2f}", "<= 1.05", status))
         log(f"train step {setting}: dense {dense:.1f} ms, MaxQ {maxq:.1f} ms ({ratio:.2f}x)")
     return rows
+
+
+def _resnet50_conv_shapes() -> list[tuple[int, ...]]:
+    import torchvision
+
+    model = torchvision.models.resnet50()
+    return sorted({tuple(m.weight.shape) for n, m in model.named_modules()
+                   if isinstance(m, torch.nn.Conv2d) and m.groups == 1
+                   and m.in_channels % 4 == 0 and n != "conv1"})
+
+
+def check_masks_match_cpu(device, *, log) -> list[tuple]:
+    """The torch path's masks on ``device`` vs the CPU's, ResNet-50's 19 sparse conv shapes."""
+    setting = "ResNet-50 conv shapes, 2:4, dense fraction 0 / 0.3, soft/hard/none"
+    if device.type != "cuda":
+        return [("masks", setting, "-", "-", "-", "CUDA = CPU", "n/a (needs CUDA)")]
+    old = os.environ.get("MAXQ_NATIVE")
+    os.environ["MAXQ_NATIVE"] = "0"
+    try:
+        g = torch.Generator().manual_seed(0)
+        structure_ok, soft_diff, cases = True, 0.0, 0
+        for shape in _resnet50_conv_shapes():
+            w = torch.randn(shape, generator=g) * 0.05
+            wd = w.to(device)
+            for df in (0.0, 0.3):
+                for axis in ("soft", "hard", "none"):
+                    cpu = masks.maxq_mask(w, 2, 4, dense_fraction=df, axis=axis)
+                    gpu = masks.maxq_mask(wd, 2, 4, dense_fraction=df, axis=axis).cpu()
+                    cases += 1
+                    if axis == "soft":
+                        structure_ok &= torch.equal(cpu != 0, gpu != 0)
+                        soft_diff = max(soft_diff, float((cpu - gpu).abs().max()))
+                    else:
+                        structure_ok &= torch.equal(cpu, gpu)
+            structure_ok &= torch.equal(masks.nm_mask(w, 2, 4), masks.nm_mask(wd, 2, 4).cpu())
+    finally:
+        if old is None:
+            del os.environ["MAXQ_NATIVE"]
+        else:
+            os.environ["MAXQ_NATIVE"] = old
+    status = ("ok" if structure_ok and soft_diff <= 1e-6 else
+              f"FAILED: {'hard structure differs' if not structure_ok else 'soft values differ'}")
+    log(f"masks CUDA vs CPU: {cases} cases, structure identical {structure_ok}, "
+        f"soft max |diff| {soft_diff:.1e}")
+    return [("masks", setting, f"{cases} cases + nm_mask", f"soft max |diff| {soft_diff:.1e}",
+             "-", "hard identical, soft <= 1e-6", status)]
+
+
+def check_no_sync(device, *, arch, size, batch, log) -> list[tuple]:
+    """One MaxQ training step (bf16 AMP, masks refreshed) under sync debug mode "error"."""
+    setting = f"MaxQ {arch} {size}px b{batch} bf16, set_sync_debug_mode('error')"
+    if device.type != "cuda":
+        return [("no host sync", setting, "-", "-", "-", "raises nothing", "n/a (needs CUDA)")]
+    step = train_step(build(arch, "SoftMaxQConv2DBN"), device, "bf16", True, batch, size)
+    step()                                           # first step: cuDNN autotuning, allocations
+    torch.cuda.synchronize(device)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        step()
+        status = "ok"
+    except RuntimeError as exc:
+        status = f"FAILED: {str(exc).splitlines()[0][:100]}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize(device)
+    log(f"no host sync: {status}")
+    return [("no host sync", setting, "-", "-", "-", "raises nothing", status)]
+
+
+def check_refresh(device, *, arch, warmup, steps, log, **_) -> list[tuple]:
+    """Median time of one refresh of every mask of the MaxQ model (stacked op calls)."""
+    model = build(arch, "SoftMaxQConv2DBN").to(device).train()
+    layers = sparse.sparse_layers(model)
+    shapes = len({tuple(m.weight.shape) for m in layers.values()})
+    ms = _median_ms(lambda: sparse.refresh_masks(model), device, warmup, steps)
+    log(f"mask refresh: {ms:.2f} ms ({len(layers)} layers, {shapes} shapes)")
+    return [("mask refresh", f"MaxQ {arch}: {len(layers)} convs, {shapes} shapes, 2:4", "-",
+             f"{ms:.2f} ms", "-", "measured", "ok")]
 
 
 def _epoch_rate(loader, device) -> float:
@@ -258,11 +347,12 @@ def main(argv=None) -> int:
                         help="run the CPU-side parts at toy sizes (what the tests run)")
     parser.add_argument("--out", default=None, help="also write the table (markdown) here")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["train-step", "data", "sparse24", "ddp", "onnx"])
+                        choices=["masks", "no-sync", "train-step", "refresh", "data",
+                                 "sparse24", "ddp", "onnx"])
     args = parser.parse_args(argv)
     if not args.cpu and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device on this machine: nothing to check here (run it on a "
-              "GPU; --cpu runs its CPU-side parts)")
+        print("gpu_check: no CUDA device on this machine, nothing checked (run it where a GPU "
+              "is; --cpu runs its CPU-side parts at toy sizes)")
         return 0
     device = torch.device("cpu") if args.cpu else torch.device("cuda", 0)
     if args.cpu:
@@ -277,8 +367,15 @@ def main(argv=None) -> int:
     log = (lambda message: print(f"  {message}", file=sys.stderr, flush=True))
     start = time.perf_counter()
     rows: list[tuple] = []
+    if "masks" not in args.skip:
+        rows += check_masks_match_cpu(device, log=log)
+    if "no-sync" not in args.skip:
+        rows += check_no_sync(device, arch=sizes["arch"], size=sizes["size"],
+                              batch=sizes["batch"], log=log)
     if "train-step" not in args.skip:
         rows += check_train_steps(device, log=log, **sizes)
+    if "refresh" not in args.skip:
+        rows += check_refresh(device, log=log, **sizes)
     if "data" not in args.skip:
         rows += check_data(device, log=log, **data)
     if "sparse24" not in args.skip:
