@@ -71,9 +71,15 @@ def _empty(title: str, message: str = "no data yet") -> Figure:
 
 #: colours of the methods without one in the registry, handed out in registry order (so a
 #: method keeps its colour in every figure, whatever else the figure shows); none of them is
-#: a registry colour (C0 MaxQ, C1 SR-STE, grey dense)
+#: a registry colour (those are skipped: see :func:`_fallback_colors`)
 FALLBACK_COLORS = ("C2", "C3", "C4", "C5", "C6", "C8", "C9", "navy", "darkgoldenrod", "olive",
-                   "teal", "crimson")
+                   "teal", "crimson", "indigo", "saddlebrown", "slategray")
+
+
+def _fallback_colors() -> tuple[str, ...]:
+    """:data:`FALLBACK_COLORS` without the colours the registry gives its methods."""
+    taken = {s.color for s in METHODS.values() if s.color is not None}
+    return tuple(c for c in FALLBACK_COLORS if c not in taken)
 
 
 def method_color(method: str) -> str:
@@ -85,11 +91,12 @@ def method_color(method: str) -> str:
     if spec is not None and spec.color is not None:
         return spec.color
     uncoloured = [s.name for s in METHODS.values() if s.color is None]
+    free = _fallback_colors()
     if spec is not None:
-        return FALLBACK_COLORS[uncoloured.index(spec.name) % len(FALLBACK_COLORS)]
+        return free[uncoloured.index(spec.name) % len(free)]
     import zlib
 
-    return FALLBACK_COLORS[zlib.crc32(str(method).encode()) % len(FALLBACK_COLORS)]
+    return free[zlib.crc32(str(method).encode()) % len(free)]
 
 
 def palette(methods: Iterable[str] | None = None) -> dict[str, str]:
