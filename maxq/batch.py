@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,11 +218,11 @@ def _execute_main(spec_json: str) -> int:
             import nbconvert
             import nbformat
 
-            # a reader's page: no code cells or prompts, titled by the report's folder (study)
-            body, _ = nbconvert.HTMLExporter(
-                exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
-            ).from_notebook_node(nbformat.read(spec["output"], as_version=4), resources={
-                "metadata": {"name": f"MaxQ report: {Path(spec['html']).parent.name}"}})
+            # a reader's page: no code cells or prompts, titled by the report's folder (study);
+            # raw HTML in Markdown (text from study files) escaped
+            body, _ = html_exporter().from_notebook_node(
+                nbformat.read(spec["output"], as_version=4), resources={
+                    "metadata": {"name": f"MaxQ report: {Path(spec['html']).parent.name}"}})
             records.atomic_write_text(spec["html"], body)
         return 0
     except Exception as exc:  # noqa: BLE001 - every failure becomes the row's error line
@@ -581,7 +582,10 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
     result = BatchResult(spec.name, selected, outcomes, table)
     if report:
         echo(f"maxq batch: rendering the report of study {spec.name!r} ...")
-        ok, error, html = render_report(spec, runs=root, reports=reports, timeout=timeout)
+        try:
+            ok, error, html = render_report(spec, runs=root, reports=reports, timeout=timeout)
+        except StudyError as exc:          # refused (no finished run, fewer than committed)
+            ok, error, html = False, str(exc), report_dir(spec.name, reports) / "report.html"
         result.report = html
         if ok:
             echo(f"maxq batch: report: {html}")
@@ -618,32 +622,124 @@ def format_rows(rows: Sequence[Row], root: str | os.PathLike | None = None) -> s
 def render_report(study: "str | os.PathLike | Study", *, runs: str | os.PathLike | None = None,
                   reports: str | os.PathLike | None = None, notebook: str | os.PathLike | None = None,
                   html: bool = True, timeout: float | None = None,
-                  rerun: str | os.PathLike | None = None) -> tuple[bool, str, Path]:
-    """Execute ``report.ipynb`` for a study into ``<reports_root>/<study>/report.ipynb`` and
-    convert it to ``report.html``. ``rerun``: a runs root holding a re-run of some of the study's
-    runs (same seeds, e.g. another thread count or machine) for the robustness section.
-    Returns ``(ok, error, html_path)``."""
+                  rerun: str | os.PathLike | None = None,
+                  force: bool = False) -> tuple[bool, str, Path]:
+    """Execute ``report.ipynb`` for a study and convert it to ``report.html``; the report
+    replaces ``<reports_root>/<study>/`` only when it is complete.
+
+    Refused first (:class:`maxq.results.ReportRefused`, a :class:`StudyError`; nothing written)
+    when the study has no finished run, or, without ``force``, fewer finished runs than the
+    report already there (its ``runs.csv``). The notebook then runs into a fresh folder beside
+    the target (``<reports_root>/.<study>.render-XXXX/<study>/``, the notebook's
+    ``report_folder``); when papermill, the HTML and
+    a final check that ``report.ipynb`` reads back succeed, that folder is swapped in (the old
+    report is kept until the swap and removed after it). On failure the old report is untouched,
+    the temporary folder is removed and its ``papermill.log`` kept in the system's temporary
+    directory (named in the error). ``rerun``: a runs root holding a re-run of some of the
+    study's runs (same seeds, another thread count or machine) for the robustness section.
+    Returns ``(ok, error, html_path)`` (the path in the final folder)."""
+    from maxq import results
+
     spec = load_study(study)
+    root = reports_root(reports)
     out = report_dir(spec.name, reports)
-    out.mkdir(parents=True, exist_ok=True)
     nb = Path(notebook) if notebook else notebook_path(REPORT_NOTEBOOK)
     html_path = out / "report.html"
     try:
         notebook_parameters(nb)
     except NotebookError as exc:
         return False, str(exc), html_path
-    parameters = {"study": str(spec.path.resolve()), "runs_root": str(runs_root(runs).resolve()),
-                  "reports_root": str(reports_root(reports).resolve())}
+    results.check_report(results.load(spec, runs), reports, force=force, runs_root=runs)
+    parameters = {"study": str(spec.path.resolve()), "runs_root": str(runs_root(runs).resolve())}
     if rerun is not None:
         rerun_dir = runs_root(rerun).resolve()
         if not (rerun_dir / spec.name).is_dir():
             raise StudyError(f"--rerun-root {rerun}: no run directories of study "
                              f"'{spec.name}' in {rerun_dir / spec.name}")
         parameters["rerun_root"] = str(rerun_dir)
-    ok, error = execute_notebook(nb, out / "report.ipynb", parameters,
-                                 log_path=out / PAPERMILL_LOG,
-                                 html_path=str(html_path) if html else None, timeout=timeout)
-    return ok, error, html_path
+    root.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{spec.name}.render-", dir=root))
+    staged = stage / spec.name
+    try:
+        parameters.update(reports_root=str(root.resolve()), force=bool(force),
+                          report_folder=str(staged.resolve()))
+        staged_html = staged / "report.html"
+        ok, error = execute_notebook(nb, staged / REPORT_NOTEBOOK, parameters,
+                                     log_path=staged / PAPERMILL_LOG,
+                                     html_path=str(staged_html) if html else None,
+                                     timeout=timeout)
+        if ok:
+            ok, error = _check_rendered(staged, html)
+        if not ok:
+            kept = _keep_log(staged / PAPERMILL_LOG, spec.name)
+            where = f"; its log: {kept}" if kept else ""
+            return False, f"{error} ({out} left as it was{where})", html_path
+        _swap_in(staged, out, stage)
+        return True, "", html_path
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _check_rendered(folder: Path, html: bool) -> tuple[bool, str]:
+    """The rendered report reads back: report.ipynb is a valid notebook, report.html exists."""
+    import nbformat
+
+    try:
+        nbformat.read(str(folder / REPORT_NOTEBOOK), as_version=4)
+    except Exception as exc:  # noqa: BLE001 - a truncated or garbled notebook: not swapped in
+        return False, f"the rendered {REPORT_NOTEBOOK} does not read back: {_one_line(exc, 200)}"
+    if html and not (folder / "report.html").is_file():
+        return False, "report.html was not written"
+    return True, ""
+
+
+def _keep_log(log: Path, name: str) -> str:
+    try:
+        fd, kept = tempfile.mkstemp(prefix=f"maxq-report-{name}-", suffix=".log")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(log.read_bytes())
+        return kept
+    except OSError:
+        return ""
+
+
+def _swap_in(new: Path, target: Path, stage: Path) -> None:
+    """Put the complete folder ``new`` at ``target``: the old one moves aside into ``stage``
+    first (same file system: renames), comes back when the second rename fails, and is removed
+    with ``stage`` afterwards."""
+    old = stage / ".previous"
+    had_old = target.exists()
+    if had_old:
+        os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        if had_old:
+            os.rename(old, target)
+        raise
+
+
+def html_exporter():
+    """nbconvert's HTML exporter with the raw HTML of Markdown (cells and outputs) escaped: text
+    from study files (``[study] description``, labels, claims) is shown, never run."""
+    import nbconvert
+    from jinja2 import pass_context
+    from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
+
+    class EscapingHTMLExporter(nbconvert.HTMLExporter):
+        @pass_context
+        def markdown2html(self, context, source):
+            cell = context.get("cell", {})
+            renderer = IPythonRenderer(
+                escape=True, attachments=cell.get("attachments", {}),
+                embed_images=self.embed_images,
+                path=context.get("resources", {}).get("metadata", {}).get("path", ""),
+                anchor_link_text=self.anchor_link_text,
+                exclude_anchor_links=self.exclude_anchor_links, **self.lexer_options)
+            return MarkdownWithMath(renderer=renderer).render(source)
+
+    return EscapingHTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                                exclude_output_prompt=True)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -750,6 +846,8 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rerun-root", default=None, metavar="DIR",
                         help="runs root with a re-run of some of the study's runs (same seeds, "
                              "another thread count or machine): adds the robustness section")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a report made from more finished runs than there are now")
 
 
 def run_report_command(args: argparse.Namespace) -> int:
@@ -757,7 +855,8 @@ def run_report_command(args: argparse.Namespace) -> int:
     try:
         ok, error, html = render_report(args.study, runs=args.runs_root,
                                         reports=args.reports_root, html=not args.no_html,
-                                        rerun=args.rerun_root)
+                                        rerun=args.rerun_root,
+                                        force=getattr(args, "force", False))
     except StudyError as exc:
         print(f"maxq report: error: {exc}", file=sys.stderr)
         return 2

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from maxq import cost, models, paths, records, stats, studies
+from maxq import cost, models, paths, provenance, records, stats, studies
 from maxq import schedules as sched
 from maxq.methods import METHODS, is_maxq
 from maxq.studies import Study
@@ -45,7 +45,7 @@ SCALE_KEYS = ("set", "epochs", "batch_size", "image_size", "train_subset", "val_
 RUN_COLUMNS = ("study", "run", "row", "arch", "N", "M", "method", "method_label", "seed",
                "finished", "best_top1", "best_top5", "best_epoch", "last_top1", "last_top5",
                "epochs_done", "wall_seconds", "paper_top1", "paper_top5", "paper_epochs",
-               *SCALE_KEYS, "in_channels", "dead_weight_share", "threads", "arms", "run_dir")
+               *SCALE_KEYS, "in_channels", "dead_weight_share", "threads", "machine", "arms", "run_dir")
 #: the paper's input (ImageNet, 224 px) for the cost columns
 PAPER_INPUT = (3, 224, 224)
 
@@ -153,6 +153,7 @@ def _collect(name: str | None, dirs: Sequence[Path], planned: dict, spec: Any) -
             line[key] = cfg.get(key, np.nan)
         line["in_channels"] = (rec["config"].get("data") or {}).get("in_channels", np.nan)
         line["threads"] = (rec["config"].get("device") or {}).get("threads", np.nan)
+        line["machine"] = provenance.machine_label(rec["config"])
         share = rec["config"].get("dead_weight_share")
         line["dead_weight_share"] = np.nan if share is None else share
         line["arms"] = dict(plan.arms) if plan and plan.arms else {}
@@ -639,7 +640,8 @@ def runs_note(results: Results, runs_root: str | os.PathLike | None = None) -> s
         return (f"**No runs of study `{results.study}` yet** (nothing in `{folder}`): the tables "
                 f"and figures below are empty. Make the runs with `maxq batch {results.study}`.")
     done = int(results.runs["finished"].sum())
-    return f"{len(results.runs)} runs in `{folder}`, {done} finished."
+    return (f"{len(results.runs)} runs in `{folder}`, {done} finished.\n\n"
+            + machines_markdown(results.runs))
 
 
 # ----------------------------------------------------------------------------- replication
@@ -871,3 +873,77 @@ def fairness_card(results: "Results") -> pd.DataFrame:
             else "",
         })
     return pd.DataFrame(out, columns=cols)
+
+
+def machines(runs: pd.DataFrame) -> dict[str, int]:
+    """Machine label (see :func:`maxq.provenance.machine_label`) → number of runs made there."""
+    if not len(runs) or "machine" not in runs.columns:
+        return {}
+    return {str(k): int(v) for k, v in runs["machine"].value_counts(sort=False).items()}
+
+
+def machines_markdown(runs: pd.DataFrame, rerun: pd.DataFrame | None = None) -> str:
+    """Which machines made the runs (and, given a re-run, the re-run's): Markdown lines."""
+    def listing(frame: pd.DataFrame) -> str:
+        found = machines(frame)
+        return "; ".join(f"{label} ({n} run{'s' if n != 1 else ''})"
+                         for label, n in found.items()) or "unknown"
+
+    if rerun is None:
+        return f"Made on: {listing(runs)}.\n"
+    return (f"Machines compared: reference runs on {listing(runs)}; re-run on "
+            f"{listing(rerun)}.\n\n")
+
+
+# ----------------------------------------------------------------------------- the report guard
+class ReportRefused(studies.StudyError):
+    """A report would replace a committed one with less (no finished run, or fewer runs)."""
+
+
+def committed_runs(report_folder: str | os.PathLike) -> int | None:
+    """Finished runs of the report in ``report_folder`` (its ``runs.csv``); ``None``: no report
+    there, or a ``runs.csv`` that cannot be read (then nothing is compared)."""
+    path = Path(report_folder) / "runs.csv"
+    if not path.is_file():
+        return None
+    try:
+        frame = pd.read_csv(path)
+    except (ValueError, OSError, pd.errors.ParserError):
+        return None
+    if "finished" not in frame.columns:
+        return len(frame)
+    return int(frame["finished"].astype(str).str.lower().isin(("true", "1")).sum())
+
+
+def check_report(res: Results, reports_root: str | os.PathLike | None = None, *,
+                 force: bool = False, runs_root: str | os.PathLike | None = None) -> None:
+    """Refuse (:class:`ReportRefused`, one line) a report of ``res`` that has no finished run,
+    or (without ``force``) fewer finished runs than the report already in ``reports_root``."""
+    target = report_dir(res, reports_root)
+    done = int(res.runs["finished"].sum()) if len(res.runs) else 0
+    if done == 0:
+        folder = studies.runs_root(runs_root) / str(res.study)
+        raise ReportRefused(f"study {res.study!r} has no finished runs in {folder}: no report "
+                            f"rendered, {target} left as it is (make the runs with "
+                            f"`maxq batch {res.study}`)")
+    before = committed_runs(target)
+    if before is not None and done < before and not force:
+        raise ReportRefused(f"study {res.study!r}: {done} finished run(s), fewer than the "
+                            f"{before} of the report in {target} (its runs.csv); nothing was "
+                            f"changed: use `maxq report {res.study} --force` to replace it")
+
+
+def open_report(study: Any, runs_root: str | os.PathLike | None = None,
+                reports_root: str | os.PathLike | None = None, *,
+                force: bool = False, folder: str | os.PathLike | None = None
+                ) -> tuple[Results, Path]:
+    """What ``report.ipynb`` starts with: the study's results and its report folder, after
+    :func:`check_report` (so the notebook run alone, e.g. by papermill, refuses the same reports
+    ``maxq report`` refuses, before it writes anything). ``folder``: write there instead of
+    ``<reports_root>/<study>`` (``maxq report``'s temporary folder; the check still compares
+    with the report in ``reports_root``)."""
+    res = load(study, runs_root)
+    check_report(res, reports_root, force=force, runs_root=runs_root)
+    out = Path(folder) if folder is not None else report_dir(res, reports_root)
+    out.mkdir(parents=True, exist_ok=True)
+    return res, out

@@ -63,7 +63,7 @@ from torch import nn
 
 import maxq
 from maxq import data as maxq_data
-from maxq import methods, models, records, schedules, sparse
+from maxq import methods, models, provenance, records, schedules, sparse
 from maxq.config import TrainConfig, snapshot_epochs
 from maxq.distributed import (Runtime, all_reduce_sum, barrier, convert_sync_batchnorm,
                               setup_runtime, teardown_runtime)
@@ -526,7 +526,8 @@ def run_environment(rt: Runtime) -> dict[str, Any]:
     """Versions and device, for config.json."""
     device = {"type": rt.device.type, "world_size": rt.world_size,
               "amp": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else "off",
-              "threads": torch.get_num_threads(), "host": platform.node(),
+              "threads": torch.get_num_threads(),
+              "host_sha256": provenance.host_hash(),
               "cpu": platform.processor() or platform.machine()}
     if rt.device.type == "cuda":
         device["name"] = torch.cuda.get_device_name(rt.device)
@@ -539,6 +540,8 @@ def run_environment(rt: Runtime) -> dict[str, Any]:
                                else None)},
         "git": _git_commit(),
         "device": device,
+        # CPU model and flags, torch build (BLAS, oneDNN), threads, host hash: maxq.provenance
+        "provenance": provenance.provenance(),
         "command": list(sys.argv),
     }
 
