@@ -310,7 +310,8 @@ class Outcome:
 
 
 def _prepare(row: Row, root: Path, force: bool, allowed: set[str] | None) -> tuple[str, str, dict]:
-    """Decide what to do with a run: ("skip"|"fail"|"run", message, extra parameters)."""
+    """Decide what to do with a run: ("skip"|"fail"|"corrupt"|"run", message, extra
+    parameters)."""
     if allowed is not None:
         unknown = sorted(set(row.params) - allowed)
         if unknown:
@@ -324,6 +325,11 @@ def _prepare(row: Row, root: Path, force: bool, allowed: set[str] | None) -> tup
         if mismatch:
             return "fail", (f"{run_dir} holds a finished run written by another config "
                             f"({mismatch}); not overwritten: use --force to re-run it"), {}
+        try:
+            records.read_run(run_dir)         # every record checked: a bad one is not "done"
+        except records.CorruptRecord as exc:
+            return "corrupt", (f"{exc}; not overwritten: fix or remove the file, or use --force "
+                               f"to re-run it"), {}
         return "skip", "", {}
     if force or (run_dir / records.CONFIG).exists():
         # a forced re-run, or a retry of an unfinished run: start again from scratch
@@ -359,7 +365,7 @@ class BatchResult:
 
     @property
     def failed(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.state == "failed"]
+        return [o for o in self.outcomes if o.state in ("failed", "corrupt")]
 
     @property
     def ok(self) -> bool:
@@ -398,6 +404,21 @@ def study_lock(study: str, root: str | os.PathLike | None = None,
                            name=name)
 
 
+#: the most kernels (or local jobs) at a time, and the longest --timeout of one run (30 days)
+MAX_JOBS, MAX_TIMEOUT_S = 256, 30 * 24 * 3600.0
+
+
+def check_batch_numbers(jobs: Any, timeout: Any) -> None:
+    """``--jobs`` in 1..MAX_JOBS, ``--timeout`` in (0, MAX_TIMEOUT_S]: else one line
+    (:class:`StudyError`), before anything is written."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or not 1 <= jobs <= MAX_JOBS:
+        raise StudyError(f"--jobs must be an integer in 1..{MAX_JOBS}; got {jobs!r}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and math.isfinite(timeout)
+                                    and 0 < timeout <= MAX_TIMEOUT_S):
+        raise StudyError(f"--timeout must be a finite number of seconds > 0 and <= "
+                         f"{MAX_TIMEOUT_S:g}; got {timeout!r}")
+
+
 def _one_batch_per_study(run: Callable[..., "BatchResult"]) -> Callable[..., "BatchResult"]:
     """Around :func:`run_batch`: hold the study's lock for the whole batch (a second batch of
     the same study and shard is refused with the holder's pid) and handle SIGTERM and SIGHUP
@@ -408,6 +429,7 @@ def _one_batch_per_study(run: Callable[..., "BatchResult"]) -> Callable[..., "Ba
         if kwargs.get("dry_run"):
             return run(study, **kwargs)
         spec = load_study(study)             # bad input is refused before the lock is taken
+        check_batch_numbers(kwargs.get("jobs", 1), kwargs.get("timeout"))
         resolve(spec, rows=kwargs.get("rows"), shard=kwargs.get("shard"),
                 options=kwargs.get("options"))
         lock = study_lock(spec.name, kwargs.get("runs"), kwargs.get("shard"))
@@ -472,10 +494,7 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
                  f"file:\n" + executors.sbatch_script(
                      job_options, executors.jobs_folder(spec.name, root), f"maxq-{spec.name}"))
         return BatchResult(spec.name, selected, [], table)
-    if jobs < 1:
-        raise StudyError(f"--jobs must be >= 1; got {jobs}")
-    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-        raise StudyError(f"--timeout must be a finite number of seconds > 0; got {timeout!r}")
+    check_batch_numbers(jobs, timeout)
     nb_path = Path(notebook) if notebook else (
         (spec.path.parent / spec.notebook) if spec.notebook else notebook_path(ROW_NOTEBOOK))
     status = StatusTable(spec.name, root)
@@ -502,11 +521,12 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
                           notebook=previous.get("notebook") or row.run_dir(root) / ROW_NOTEBOOK,
                           **common)
             outcomes.append(Outcome(row, "skipped"))
-        elif action == "fail":
-            status.update(row.id, state="failed", seconds=0.0, error=_one_line(message),
+        elif action in ("fail", "corrupt"):
+            state = "failed" if action == "fail" else "corrupt"
+            status.update(row.id, state=state, seconds=0.0, error=_one_line(message),
                           notebook="", **common)
-            outcomes.append(Outcome(row, "failed", 0.0, message))
-            echo(f"maxq batch: {row.id}: FAILED: {message}")
+            outcomes.append(Outcome(row, state, 0.0, message))
+            echo(f"maxq batch: {row.id}: {state.upper()}: {message}")
         else:
             status.update(row.id, state="pending", seconds="", error="",
                           notebook=row.run_dir(root) / ROW_NOTEBOOK, **common,
@@ -573,12 +593,12 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
         _STOP.clear()
         bar.close()
     outcomes.sort(key=lambda o: o.row.index)
-    failed = [o for o in outcomes if o.state == "failed"]
+    failed = [o for o in outcomes if o.state in ("failed", "corrupt")]
     echo(f"maxq batch: {sum(o.state == 'done' for o in outcomes)} done, "
          f"{sum(o.state == 'skipped' for o in outcomes)} skipped, {len(failed)} failed "
          f"(status: {table})")
     for o in failed:
-        echo(f"  FAILED {o.row.id}: {_one_line(o.error, 300)}")
+        echo(f"  {o.state.upper()} {o.row.id}: {_one_line(o.error, 300)}")
     result = BatchResult(spec.name, selected, outcomes, table)
     if report:
         echo(f"maxq batch: rendering the report of study {spec.name!r} ...")

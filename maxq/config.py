@@ -110,6 +110,17 @@ def option(default: Any, *flags: str, help: str, group: str = KIT_GROUP,  # noqa
 
 
 # ============================================================================ the fields
+
+#: the largest value each numeric option accepts (issue 27: ``--epochs 9223372036854775807``
+#: sat in train() growing its memory, writing nothing); far above any run of the paper
+UPPER_BOUNDS: dict[str, float] = {
+    "N": 256, "M": 256, "epochs": 10_000, "batch_size": 65_536, "print_freq": 10**9,
+    "mask_interval": 10**9, "workers": 256, "increase_start": 10_000, "increase_end": 10_000,
+    "warmup_length": 10_000, "seed": 2**32 - 1, "recalibrate_bn": 10**6,
+    "train_subset": 10**9, "val_subset": 10**9, "image_size": 4096, "lr": 1e4, "tau": 1e6,
+    "decay": 1e3, "weight_decay": 10.0}
+
+
 @dataclass
 class TrainConfig:
     """Every option of a run (see the module docstring); the field order is config.json's."""
@@ -333,6 +344,10 @@ class TrainConfig:
             value = getattr(self, name)
             need(value is None or (is_int(value) and value >= lo),
                  f"--{name.replace('_', '-')} must be an integer >= {lo}; got {value!r}")
+        for name, hi in UPPER_BOUNDS.items():  # issue 27: no option may ask for the absurd
+            value = getattr(self, name)
+            need(not _is_number(value) or value <= hi,
+                 f"--{name.replace('_', '-')} must be <= {hi:g}; got {value!r}")
         snapshot_epochs(self.snapshot_epochs, self.epochs)  # raises on a bad value
         need(isinstance(self.resume, (bool, str, os.PathLike)),
              f"--resume must be a flag or a checkpoint path; got {self.resume!r}")

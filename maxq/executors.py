@@ -431,12 +431,46 @@ def run_jobs(kind: str, todo: Sequence[tuple[studies.Row, dict]], *, study: str,
         for rid, item in active.items():
             if kind == "submitit-local":
                 item["job"].cancel(check=False)
-                status.update(rid, state="failed", error="interrupted", job_state="CANCELLED")
+                end_local_job(item["job"])
+                status.update(rid, state="interrupted", error="interrupted",
+                              job_state="CANCELLED")
         if kind == "slurm" and active:
             echo(f"maxq batch: {len(active)} SLURM job(s) keep running; `maxq batch {study} "
                  f"--status` shows them, `maxq batch {study} --executor slurm` follows them")
         raise
     return outcomes
+
+
+def end_local_job(job, grace_s: float = 10.0) -> None:
+    """Stop a submitit-local job and everything under it: its controller, the task, the task's
+    papermill (a session of its own) and kernel. submitit's cancel is a SIGINT to the
+    controller, which does nothing when SIGINT is ignored (a batch started in the background
+    by a shell, or under nohup, inherits that), and the task ignores SIGTERM (submitit's
+    "bypass"): so SIGTERM goes to every process of the tree (papermill and the kernel end, the
+    task's wait returns, the controller sees its task end), then SIGKILL to what is left after
+    ``grace_s``. Returns when all of them have ended."""
+    import psutil
+
+    process = getattr(job, "_process", None)
+    try:
+        root = psutil.Process(process.pid if process is not None else int(job.job_id))
+        tree = [root, *root.children(recursive=True)]
+    except (psutil.Error, ValueError):
+        return
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+        for proc in tree:
+            try:
+                proc.send_signal(sig)
+            except psutil.Error:
+                pass
+        _, tree = psutil.wait_procs(tree, timeout=wait)
+        if not tree:
+            break
+    if process is not None:
+        try:
+            process.wait(timeout=0)           # reap the controller (our child)
+        except Exception:  # noqa: BLE001
+            pass
 
 
 def _write(bar, echo: Callable[[str], None], message: str) -> None:

@@ -71,6 +71,15 @@ class RunRecordError(ValueError):
     """A run directory is missing, incomplete or belongs to another configuration."""
 
 
+class CorruptRecord(RunRecordError):
+    """A record file that cannot be what training wrote (not JSON, wrong schema, types or
+    ranges): ``path`` names the file, ``problem`` says what is wrong with it."""
+
+    def __init__(self, path: str | os.PathLike, problem: str):
+        self.path, self.problem = Path(path), problem
+        super().__init__(f"corrupt record {path}: {problem}")
+
+
 class RunDirBusy(RunRecordError):
     """Another process holds the lock of a run directory (or of a study's status)."""
 
@@ -311,7 +320,7 @@ def mask_snapshot_epochs(run_dir: str | os.PathLike) -> list[int]:
     folder = Path(run_dir) / MASKS
     if not folder.is_dir():
         return []
-    return sorted(int(p.stem.split("_")[1]) for p in folder.glob("epoch_*.npz"))
+    return sorted(int(p.stem[6:]) for p in folder.glob("epoch_*.npz") if p.stem[6:].isdigit())
 
 
 def load_mask_snapshot(run_dir: str | os.PathLike, epoch: int,
@@ -322,6 +331,7 @@ def load_mask_snapshot(run_dir: str | os.PathLike, epoch: int,
     if not path.exists():
         raise RunRecordError(f"no mask snapshot for epoch {epoch} in {run_dir} "
                              f"(have: {mask_snapshot_epochs(run_dir)})")
+    check_mask_snapshot(path)
     out: dict[str, dict[str, np.ndarray]] = {}
     with np.load(path) as data:
         names = sorted({key.rsplit("/", 1)[0] for key in data.files})
@@ -351,16 +361,217 @@ def read_config(run: str | os.PathLike | dict) -> dict[str, Any]:
 
 
 def read_run(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """Everything of one run directory except checkpoints and mask snapshots."""
+    """Everything of one run directory except checkpoints and mask snapshots (whose names and
+    array headers are checked). Every record is checked on read (:func:`checked_json`,
+    :func:`checked_jsonl`, :func:`check_mask_snapshot`): :class:`CorruptRecord` names the first
+    bad file."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).exists():
         raise RunRecordError(f"{run_dir} is not a run directory (no {CONFIG})")
     result = run_dir / RESULT
+    config = checked_json(run_dir / CONFIG, check_config)
+    metrics = checked_jsonl(run_dir / METRICS, check_metrics_row)
+    _check_epoch_order(run_dir / METRICS, metrics)
+    layers = checked_jsonl(run_dir / LAYERS, check_layers_row)
+    folder = run_dir / MASKS
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.npz")):
+            check_mask_snapshot(path)
     return {
         "dir": run_dir,
-        "config": read_json(run_dir / CONFIG),
-        "metrics": read_jsonl(run_dir / METRICS),
-        "layers": read_jsonl(run_dir / LAYERS),
-        "result": read_json(result) if result.exists() else None,
+        "config": config,
+        "metrics": metrics,
+        "layers": layers,
+        "result": checked_json(result, check_result) if result.exists() else None,
         "mask_epochs": mask_snapshot_epochs(run_dir),
     }
+
+
+def result_problem(run_dir: str | os.PathLike) -> str:
+    """'' when ``run_dir``'s result.json is a valid record, else what is wrong (file named);
+    for a run that has no result.json, ''."""
+    path = Path(run_dir) / RESULT
+    if not path.exists():
+        return ""
+    try:
+        checked_json(path, check_result)
+    except CorruptRecord as exc:
+        return str(exc)
+    return ""
+
+
+# ----------------------------------------------------------------------------- record checks
+#: percentages (top-1/top-5) of result.json and metrics.jsonl: in [0, 100]
+PERCENT_KEYS = ("best_top1", "best_top5", "last_top1", "last_top5", "train_top1", "train_top5",
+                "val_top1", "val_top5")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value: Any, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _check_value(key: str, value: Any) -> str:
+    """What is wrong with one numeric record value ('' when fine); ``None`` is allowed (a value
+    the source did not have, e.g. an imported log's missing top-5)."""
+    if value is None:
+        return ""
+    if not _is_real(value):
+        return f"{key} is {value!r} ({type(value).__name__}), not a number"
+    if value != value or value in (float("inf"), float("-inf")):
+        return f"{key} is {value!r}, not finite"
+    if key in PERCENT_KEYS and not 0 <= value <= 100:
+        return f"{key} is {value!r}, outside [0, 100]"
+    return ""
+
+
+def check_result(obj: Any) -> str:
+    if not isinstance(obj, dict):
+        return f"not a JSON object but {type(obj).__name__}"
+    missing = [k for k in RESULT_KEYS if k not in obj]
+    if missing:
+        return f"missing keys {missing}"
+    for key in RESULT_KEYS:
+        problem = _check_value(key, obj[key])
+        if problem:
+            return problem
+    for key, low in (("best_epoch", 0), ("epochs", 1)):
+        if obj[key] is not None and not _is_count(obj[key], low):
+            return f"{key} is {obj[key]!r}, not an integer >= {low}"
+    if obj["wall_seconds"] is not None and obj["wall_seconds"] < 0:
+        return f"wall_seconds is {obj['wall_seconds']!r} < 0"
+    if None not in (obj["best_epoch"], obj["epochs"]) and obj["best_epoch"] >= obj["epochs"]:
+        return f"best_epoch {obj['best_epoch']} is not below epochs {obj['epochs']}"
+    return ""
+
+
+def check_config(obj: Any) -> str:
+    if not isinstance(obj, dict):
+        return f"not a JSON object but {type(obj).__name__}"
+    for key in ("args", "device", "data", "provenance"):
+        if obj.get(key) is not None and not isinstance(obj[key], dict):
+            return f"{key} is {type(obj[key]).__name__}, not a table"
+    if obj.get("layers") is not None and not isinstance(obj["layers"], list):
+        return f"layers is {type(obj['layers']).__name__}, not a list"
+    return ""
+
+
+def check_metrics_row(obj: Any) -> str:
+    if not isinstance(obj, dict):
+        return f"not a JSON object but {type(obj).__name__}"
+    if not _is_count(obj.get("epoch")):
+        return f"epoch is {obj.get('epoch')!r}, not an integer >= 0"
+    for key in METRIC_KEYS[1:]:
+        problem = _check_value(key, obj.get(key))
+        if problem:
+            return problem
+    return ""
+
+
+def check_layers_row(obj: Any) -> str:
+    if not isinstance(obj, dict):
+        return f"not a JSON object but {type(obj).__name__}"
+    if not _is_count(obj.get("epoch")):
+        return f"epoch is {obj.get('epoch')!r}, not an integer >= 0"
+    if not isinstance(obj.get("layer"), str):
+        return f"layer is {obj.get('layer')!r}, not a name"
+    for key in ("nm_share", "flipped"):
+        problem = _check_value(key, obj.get(key))
+        if problem:
+            return problem
+    return ""
+
+
+def checked_json(path: Path, check) -> Any:
+    """``path`` read as JSON and checked (``check(obj)`` returns what is wrong, '' if nothing):
+    :class:`CorruptRecord` naming the file when it is not valid UTF-8 JSON or fails the check."""
+    try:
+        obj = read_json(path)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptRecord(path, f"not valid JSON ({exc})") from None
+    problem = check(obj)
+    if problem:
+        raise CorruptRecord(path, problem)
+    return obj
+
+
+def checked_jsonl(path: Path, check) -> list[dict]:
+    """:func:`read_jsonl` with every line checked: :class:`CorruptRecord` naming the file and
+    line."""
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptRecord(path, f"not UTF-8 text ({exc})") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorruptRecord(path, f"line {number} is not valid JSON ({exc})") from None
+        problem = check(obj)
+        if problem:
+            raise CorruptRecord(path, f"line {number}: {problem}")
+        rows.append(obj)
+    return rows
+
+
+def _check_epoch_order(path: Path, rows: list[dict]) -> None:
+    epochs = [r["epoch"] for r in rows]
+    if any(b <= a for a, b in zip(epochs, epochs[1:])):
+        raise CorruptRecord(path, f"epochs {epochs} are not increasing")
+
+
+def check_mask_snapshot(path: str | os.PathLike) -> None:
+    """A mask snapshot's name (``epoch_XXX.npz``) and, from the array headers only (nothing
+    decompressed but the small ``shape`` arrays), that every layer has ``shape``, ``hard`` and
+    ``soft`` arrays that agree: :class:`CorruptRecord` otherwise."""
+    import zipfile
+
+    path = Path(path)
+    stem = path.stem
+    if not (stem.startswith("epoch_") and stem[6:].isdigit()):
+        raise CorruptRecord(path, "not a mask snapshot name (epoch_XXX.npz)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            headers = {}
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    raise CorruptRecord(path, f"member {info.filename!r} is not an array")
+                with archive.open(info) as handle:
+                    version = np.lib.format.read_magic(handle)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0(handle)
+                                       if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0(handle))
+                    if info.filename.endswith("/shape.npy"):
+                        headers[info.filename[:-4]] = np.lib.format.read_array(
+                            archive.open(info), allow_pickle=False)
+                    else:
+                        headers[info.filename[:-4]] = (tuple(shape), dtype)
+    except CorruptRecord:
+        raise
+    except Exception as exc:  # noqa: BLE001 - truncated zip, bad header: all the same to a reader
+        raise CorruptRecord(path, f"not a readable .npz ({type(exc).__name__}: {exc})") from None
+    layers = {key.rsplit("/", 1)[0] for key in headers}
+    for layer in sorted(layers):
+        parts = [f"{layer}/{p}" for p in ("shape", "hard", "soft")]
+        if not all(p in headers for p in parts):
+            raise CorruptRecord(path, f"layer {layer!r} lacks one of shape/hard/soft")
+        shape = headers[parts[0]]
+        if not isinstance(shape, np.ndarray) or shape.ndim != 1 or (shape < 0).any():
+            raise CorruptRecord(path, f"layer {layer!r}: shape is not a list of sizes")
+        size = int(np.prod(shape))
+        hard, soft = headers[parts[1]], headers[parts[2]]
+        if hard[0] != ((size + 7) // 8,):
+            raise CorruptRecord(path, f"layer {layer!r}: hard mask holds {hard[0]} bytes, "
+                                      f"shape {tuple(int(v) for v in shape)} needs "
+                                      f"{(size + 7) // 8}")
+        if soft[0] != tuple(int(v) for v in shape):
+            raise CorruptRecord(path, f"layer {layer!r}: soft mask shape {soft[0]} is not "
+                                      f"{tuple(int(v) for v in shape)}")

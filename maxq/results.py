@@ -46,6 +46,7 @@ RUN_COLUMNS = ("study", "run", "row", "arch", "N", "M", "method", "method_label"
                "finished", "best_top1", "best_top5", "best_epoch", "last_top1", "last_top5",
                "epochs_done", "wall_seconds", "paper_top1", "paper_top5", "paper_epochs",
                *SCALE_KEYS, "in_channels", "dead_weight_share", "threads", "machine", "arms", "run_dir")
+CORRUPT_COLUMNS = ("run", "file", "problem", "run_dir")
 #: the paper's input (ImageNet, 224 px) for the cost columns
 PAPER_INPUT = (3, 224, 224)
 
@@ -60,6 +61,9 @@ class Results:
     layers: pd.DataFrame
     spec: Any = None                      # maxq.studies.Study when the study file was found
     run_dirs: dict[str, Path] = field(default_factory=dict)
+    #: runs left out because a record is corrupt (:class:`maxq.records.CorruptRecord`): run,
+    #: file, problem, run_dir
+    corrupt: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CORRUPT_COLUMNS))
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -122,10 +126,15 @@ def load_run(run_dir: str | os.PathLike) -> Results:
 
 
 def _collect(name: str | None, dirs: Sequence[Path], planned: dict, spec: Any) -> Results:
-    runs, epochs, layers, run_dirs = [], [], [], {}
+    runs, epochs, layers, run_dirs, corrupt = [], [], [], {}, []
     labels = method_labels(spec)
     for d in dirs:
-        rec = records.read_run(d)
+        try:
+            rec = records.read_run(d)
+        except records.CorruptRecord as exc:   # that run is marked, the others still load
+            corrupt.append({"run": d.name, "file": str(exc.path), "problem": exc.problem,
+                            "run_dir": str(d)})
+            continue
         cfg = records.read_config(rec["config"])
         run = d.name
         plan = planned.get(run)
@@ -173,7 +182,8 @@ def _collect(name: str | None, dirs: Sequence[Path], planned: dict, spec: Any) -
         epochs_df = pd.DataFrame(epochs, columns=list(epochs_df.columns) + extra)
     layers_df = pd.DataFrame(layers, columns=["run", "row", "method", "seed",
                                               *records.LAYER_KEYS])
-    return Results(name, runs_df, epochs_df, layers_df, spec, run_dirs)
+    return Results(name, runs_df, epochs_df, layers_df, spec, run_dirs,
+                   pd.DataFrame(corrupt, columns=CORRUPT_COLUMNS))
 
 
 def _table_row(run: str, method: Any, seed: Any) -> str:
@@ -641,7 +651,17 @@ def runs_note(results: Results, runs_root: str | os.PathLike | None = None) -> s
                 f"and figures below are empty. Make the runs with `maxq batch {results.study}`.")
     done = int(results.runs["finished"].sum())
     return (f"{len(results.runs)} runs in `{folder}`, {done} finished.\n\n"
-            + machines_markdown(results.runs))
+            + corrupt_markdown(results) + machines_markdown(results.runs))
+
+
+def corrupt_markdown(results: Results) -> str:
+    """One line per run left out because a record is corrupt ('' when none)."""
+    bad = results.corrupt
+    if bad is None or not len(bad):
+        return ""
+    lines = "".join(f"- `{r.run}`: `{Path(r.file).name}`: {r.problem}\n" for r in bad.itertuples())
+    return (f"**{len(bad)} run(s) left out: a record is corrupt** (fix or remove the file, or "
+            f"re-run with `maxq batch {results.study} --force`):\n\n{lines}\n")
 
 
 # ----------------------------------------------------------------------------- replication

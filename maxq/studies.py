@@ -38,9 +38,11 @@ from __future__ import annotations
 import csv
 import difflib
 import fnmatch
+import math
 import os
 import re
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -53,7 +55,8 @@ STATUS = "status.csv"
 STATUS_COLUMNS = ("row", "state", "seconds", "error", "run_dir", "notebook",
                   "method", "seed", "attempts", "updated",
                   "executor", "job_id", "job_state")    # the last three: submitit executors
-STATES = ("pending", "running", "done", "failed", "skipped", "requeued", "interrupted")
+STATES = ("pending", "running", "done", "failed", "skipped", "requeued", "interrupted",
+          "corrupt")
 DEFAULT_METHODS = ("SoftMaxQConv2DBN",)
 DEFAULT_SEEDS = (0,)
 #: training options the runner sets itself; a study may not set them
@@ -165,7 +168,7 @@ def find_study(study: str | os.PathLike) -> Path:
         if candidate.is_file():
             return candidate
         raise StudyError(f"study file {text!r} does not exist")
-    if not _SAFE_ID.match(text):
+    if not _SAFE_ID.fullmatch(text):
         raise StudyError(f"study name {text!r} is not a valid name (letters, digits, . _ -)")
     for d in studies_dirs():
         if (d / f"{text}.toml").is_file():
@@ -187,6 +190,10 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
     except tomllib.TOMLDecodeError as exc:
         raise StudyError(f"study file {path} is not valid TOML: {exc}") from None
     name = path.stem
+    if not _SAFE_ID.fullmatch(name):          # the name is a folder of the runs and reports roots
+        raise StudyError(f"study file {path}: its name {name!r} is not a valid study name "
+                         f"(letters, digits, . _ -, starting with a letter or digit); runs and "
+                         f"reports go to <root>/<name>/: rename the file")
     where = f"study {name!r} ({path})"
     unknown = set(data) - _STUDY_KEYS
     if unknown:
@@ -215,7 +222,7 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
             merged = {**defaults, **row}
             row["id"] = f"{merged['arch']}-{merged['N']}of{merged['M']}"
         row["id"] = str(row["id"])
-        if not _SAFE_ID.match(row["id"]):
+        if not _SAFE_ID.fullmatch(row["id"]):
             raise StudyError(f"{label}: id {row['id']!r} is not filesystem-safe "
                              f"(letters, digits, . _ - only)")
         if row["id"] in seen:
@@ -229,7 +236,7 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
         checked.append(row)
     claims = [_check_claim(c, i, where, seen) for i, c in enumerate(data.get("claims", []))]
     replicates = meta.get("replicates")
-    if replicates is not None and not (isinstance(replicates, str) and _SAFE_ID.match(replicates)):
+    if replicates is not None and not (isinstance(replicates, str) and _SAFE_ID.fullmatch(replicates)):
         raise StudyError(f"{where}: [study].replicates must be a study name; got {replicates!r}")
     share = _as_tuple(meta.get("share", []) or [""], str, f"{where} [study].share")
     share = tuple(s for s in share if s)
@@ -311,7 +318,7 @@ def expand(study: "str | os.PathLike | Study",
         for method in methods:
             for seed in seeds:
                 rid = run_id(row["id"], method, seed)
-                if not _SAFE_ID.match(rid):
+                if not _SAFE_ID.fullmatch(rid):
                     raise StudyError(f"run id {rid!r} is not filesystem-safe")
                 out.append(Row(study=study.name, id=rid, table_row=row["id"], method=method,
                                seed=seed, index=len(out), params=params, paper=paper, arms=arms))
@@ -426,10 +433,42 @@ def read_status(study: str, root: str | os.PathLike | None = None) -> dict[str, 
 
 
 def read_status_file(path: Path) -> dict[str, dict[str, str]]:
+    """The lines of a ``status.csv``, each checked (row id, state, numbers); a garbled line or
+    file is left out with a warning naming the file (the table is bookkeeping: the run
+    directories are the record, and the next update rewrites it)."""
     if not path.exists():
         return {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        return {line["row"]: dict(line) for line in csv.DictReader(handle)}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            lines = list(csv.DictReader(handle))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        warnings.warn(f"{path} is garbled ({exc}); its lines are ignored", stacklevel=2)
+        return {}
+    out = {}
+    for number, line in enumerate(lines, 2):
+        problem = _status_line_problem(line)
+        if problem:
+            warnings.warn(f"{path} line {number}: {problem}; line ignored", stacklevel=2)
+            continue
+        out[line["row"]] = {k: v or "" for k, v in line.items()}
+    return out
+
+
+def _status_line_problem(line: dict) -> str:
+    if None in line or None in line.values():
+        return "wrong number of fields"
+    if not _SAFE_ID.fullmatch(line.get("row") or ""):
+        return f"row {line.get('row')!r} is not a run id"
+    if line.get("state", "") not in ("", *STATES):
+        return f"state {line.get('state')!r} is not one of {', '.join(STATES)}"
+    for key, kind in (("attempts", int), ("seconds", float)):
+        value = line.get(key) or ""
+        try:
+            if value and not (kind(value) >= 0 and math.isfinite(float(value))):
+                return f"{key} {value!r} is negative or not finite"
+        except ValueError:
+            return f"{key} {value!r} is not a number"
+    return ""
 
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import platform
@@ -506,7 +507,27 @@ def load_checkpoint(path: Path, cfg: TrainConfig) -> dict[str, Any]:
         raise ValueError(f"--resume {path} was written by another configuration "
                          f"({'; '.join(diffs[:4])}{' ...' if len(diffs) > 4 else ''}); "
                          f"use --overwrite to start again")
+    diffs = config_json_mismatch(path.parent, cfg)
+    if diffs:
+        raise ValueError(f"--resume: {path.parent / records.CONFIG} was written by another "
+                         f"configuration than the command ({'; '.join(diffs[:4])}"
+                         f"{' ...' if len(diffs) > 4 else ''}); use --overwrite to start again")
     return ckpt
+
+
+def config_json_mismatch(run_dir: Path, cfg: TrainConfig) -> list[str]:
+    """The options (those compared on resume) where ``run_dir``'s config.json differs from
+    ``cfg``: one text each; none when config.json agrees or is absent. Issue 27: a folder mixing
+    a 2:4 config.json with a 1:4 checkpoint resumed and finished as 1:4."""
+    if not (run_dir / records.CONFIG).exists():
+        return []
+    try:
+        stored = records.read_config(run_dir)
+    except (records.RunRecordError, OSError, ValueError) as exc:
+        return [f"config.json unreadable: {exc}"]
+    wanted = json.loads(json.dumps(cfg.fingerprint(), default=str))
+    return [f"{k} {stored.get(k)!r} there, {v!r} now" for k, v in sorted(wanted.items())
+            if k in stored and stored[k] != v]
 
 
 def _git_commit() -> dict[str, Any]:
@@ -756,6 +777,12 @@ def train(config: TrainConfig) -> Path:
             va = evaluate_model(model_without_ddp, criterion, loaders.val, rt=rt,
                                 channels_last=bool(cfg.channels_last), log=log,
                                 print_freq=cfg.print_freq)
+            bad = {k: va[k] for k in ("loss", "top1", "top5") if not math.isfinite(va[k])}
+            if bad:                           # diverged: failed, not a result (issue 27)
+                raise FloatingPointError(
+                    f"validation {', '.join(f'{k} is {v}' for k, v in bad.items())} in epoch "
+                    f"{epoch} (training loss {tr['loss']:.4g}): the run diverged; stopping "
+                    f"before its records or checkpoint are written")
             seconds = time.perf_counter() - epoch_start
             layer_stats, hard = sparse.mask_stats(model_without_ddp, progress.previous_hard)
             nm_share = sparse.nm_share(model_without_ddp, layer_stats)

@@ -88,7 +88,9 @@ def fake_finished_run(row: studies.Row, root: Path, **changes) -> Path:
     run_dir = row.run_dir(root)
     args = {**row.parameters(root), **changes}
     records.write_json(run_dir / records.CONFIG, {"args": args})
-    records.write_json(run_dir / records.RESULT, {"best_top1": 50.0})
+    records.write_json(run_dir / records.RESULT, {
+        "best_top1": 50.0, "best_top5": 90.0, "best_epoch": 0, "last_top1": 50.0,
+        "last_top5": 90.0, "epochs": 1, "wall_seconds": 1.0})
     return run_dir
 
 

@@ -201,7 +201,10 @@ def test_report_command_alone(smoke, tmp_path):
     # the runs compared with themselves: the robustness section finds nothing moved
     robust = pd.read_csv(tmp_path / "smoke" / "robustness.csv")
     assert len(robust) == 4 and (robust["mean_shift"] == 0).all()
-    assert "moved by at most 0.00 points" in (tmp_path / "smoke" / "robustness.md").read_text()
+    robustness = (tmp_path / "smoke" / "robustness.md").read_text()
+    assert "moved by at most 0.00 points" in robustness
+    # issue 27: the section names the machines it compares (here: the same runs, one machine)
+    assert "Machines compared: reference runs on " in robustness and "; re-run on " in robustness
     missing = subprocess.run(
         [sys.executable, "-m", "maxq", "report", "smoke", "--runs-root", str(runs),
          "--reports-root", str(tmp_path), "--rerun-root", str(tmp_path / "nowhere")], cwd=ROOT,
