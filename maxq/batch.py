@@ -724,12 +724,19 @@ def _keep_log(log: Path, name: str) -> str:
 
 
 def _swap_in(new: Path, target: Path, stage: Path) -> None:
-    """Put the complete folder ``new`` at ``target``: the old one moves aside into ``stage``
-    first (same file system: renames), comes back when the second rename fails, and is removed
-    with ``stage`` afterwards."""
+    """Put the complete folder ``new`` at ``target``: files only the old one has are copied
+    into ``new``, the old one moves aside into ``stage`` (same file system: renames), comes
+    back when the second rename fails, and is removed with ``stage`` afterwards."""
     old = stage / ".previous"
     had_old = target.exists()
     if had_old:
+        # files of the old report the new one did not write (e.g. robustness.* of a render
+        # with --rerun-root) are kept, as rendering in place kept them: nothing is lost
+        for path in sorted(target.rglob("*")):
+            kept = new / path.relative_to(target)
+            if path.is_file() and not kept.exists():
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, kept)
         os.rename(target, old)
     try:
         os.rename(new, target)

@@ -55,6 +55,8 @@ EVENTS = "events.jsonl"
 POLL_S = {"submitit-local": 1.0, "slurm": 30.0}
 #: time limit of a local job when none is given (the local executor needs one)
 LOCAL_TIME_MIN = 30 * 24 * 60
+#: upper bounds of the [slurm] options (time in minutes: 365 days)
+SLURM_MAX = {"gpus_per_run": 4096, "nodes": 1024, "cpus_per_task": 1024, "time": 365 * 1440}
 #: how often a job may hit its time limit and be requeued (preemptions do not count)
 MAX_TIMEOUTS = 30
 #: SIGUSR2 this many seconds before the time limit (torchvision's setting)
@@ -107,6 +109,9 @@ class SlurmOptions:
             if value is not None and (not isinstance(value, int) or isinstance(value, bool)
                                       or value < 1):
                 raise studies.StudyError(f"{where}: {name} must be an integer >= 1; got {value!r}")
+            if value is not None and value > SLURM_MAX[name]:
+                raise studies.StudyError(f"{where}: {name} must be <= {SLURM_MAX[name]}; got "
+                                         f"{value!r}")
         if self.gpus_per_run % self.nodes:
             raise studies.StudyError(f"{where}: gpus_per_run ({self.gpus_per_run}) must be a "
                                    f"multiple of nodes ({self.nodes}): the same GPUs per node")
@@ -114,8 +119,9 @@ class SlurmOptions:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise studies.StudyError(f"{where}: {name} must be a string; got {value!r}")
-        if self.time is not None:
-            minutes(self.time, where)
+        if self.time is not None and minutes(self.time, where) > SLURM_MAX["time"]:
+            raise studies.StudyError(f"{where}: time limit {self.time!r} is over "
+                                     f"{SLURM_MAX['time'] // 1440} days")
         return self
 
     @property

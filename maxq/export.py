@@ -648,7 +648,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="int8: training batches of 128 images run through the observers")
 
 
+#: accepted ranges of maxq export's numeric options (issue 27: every option has an upper bound)
+OPTION_RANGES = {"image_size": (8, 4096), "val_subset": (0, 10**8),
+                 "calibration_batches": (1, 10**5)}
+
+
 def run(args: argparse.Namespace) -> int:
+    for name, (low, high) in OPTION_RANGES.items():
+        value = getattr(args, name, None)
+        if value is not None and not low <= value <= high:
+            raise ValueError(f"--{name.replace('_', '-')} must be in {low}..{high}; got {value}")
     N, M = _parse_nm(getattr(args, "nm", None))
     if args.format == "sparse24":
         ok, reason = sparse24_support()

@@ -118,7 +118,7 @@ def machine_label(config: dict[str, Any]) -> str:
         host = device.get("host")
         tag = host_hash(str(host))[:8] if host else "?"
         return (f"{device.get('cpu', '?')} host {tag} (no provenance record), "
-                f"{device.get('threads', '?')} threads")
+                f"{_threads(device.get('threads'))}")
     cpu, soft = prov.get("cpu") or {}, prov.get("software") or {}
     build, threads = soft.get("build") or {}, prov.get("threads") or {}
     flags = [f for f in cpu.get("flags") or [] if f.startswith(("avx", "amx", "sve"))]
@@ -127,4 +127,8 @@ def machine_label(config: dict[str, Any]) -> str:
                                  else None) if x)
     return (f"{cpu.get('model', '?')} [{' '.join(flags) or 'no avx'}] host "
             f"{str(prov.get('host_sha256', '?'))[:8]}, torch {soft.get('torch', '?')}"
-            f"{f' ({libs})' if libs else ''}, {threads.get('intra_op', '?')} threads")
+            f"{f' ({libs})' if libs else ''}, {_threads(threads.get('intra_op'))}")
+
+
+def _threads(count: Any) -> str:
+    return f"{count if count is not None else '?'} thread{'' if count == 1 else 's'}"

@@ -111,13 +111,13 @@ M = 4
 """
 
 
-def _train(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+def _train(run_dir: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(maxq("train", "--set", "FashionMNIST", "-a", "mobilenet_v1",
                                "--image-size", "16", "--train-subset", "32", "--val-subset",
                                "32", "-b", "32", "--increase-start", "0", "--increase-end", "1",
                                "--device", "cpu", "--workers", "0", "--no-progress",
                                "--save_dir", run_dir, *extra),
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +283,7 @@ def test_a_study_named_dotdot_is_refused_and_nothing_written(tmp_path, command):
                                          ("--lr", "1e6"), ("--image-size", "100000"),
                                          ("--seed", str(2**40))])
 def test_absurd_numeric_options_are_refused(tmp_path, flag, value):
-    done = _train(tmp_path / "run", flag, value)
+    done = _train(tmp_path / "run", flag, value, timeout=120)   # refused in seconds
     assert done.returncode == 2, done.stdout + done.stderr
     assert f"{flag} must be <= " in done.stderr and done.stderr.count("\n") == 1, done.stderr
     assert not (tmp_path / "run").exists()
@@ -319,3 +319,22 @@ def test_resume_checks_config_json_too(two_seeds, tmp_path):
     after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == {p: b for p, b in before.items() if p.name != ".lock"}
     assert not records.is_finished(run_dir)
+
+
+@pytest.mark.parametrize("table, message", [({"gpus_per_run": 10**9}, "gpus_per_run must be <="),
+                                            ({"nodes": 10**6}, "nodes must be <="),
+                                            ({"time": "100000-00:00:00"}, "is over 365 days")])
+def test_absurd_slurm_options_are_refused(table, message):
+    from maxq import executors
+
+    with pytest.raises(studies.StudyError, match=message):
+        executors.SlurmOptions.from_table(table)
+
+
+@pytest.mark.parametrize("flag, value", [("--image-size", "1000000"),
+                                         ("--calibration-batches", "1000000000")])
+def test_absurd_export_options_are_refused(tmp_path, flag, value):
+    done = subprocess.run(maxq("export", tmp_path / "nowhere", "--format", "int8", flag, value),
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and f"{flag} must be in " in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and _tree(tmp_path) == []

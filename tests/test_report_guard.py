@@ -104,6 +104,7 @@ def _committed(reports: Path, finished: int) -> dict[str, bytes]:
     (folder / "figures").mkdir(parents=True)
     (folder / "report.html").write_text("<html>committed</html>")
     (folder / "figures" / "top1_bars.svg").write_text("<svg/>")
+    (folder / "robustness.md").write_text("a section only a --rerun-root render writes")
     pd.DataFrame({"run": [f"x{i}" for i in range(finished)],
                   "finished": [True] * finished}).to_csv(folder / "runs.csv", index=False)
     return _files(reports)
@@ -123,6 +124,7 @@ def test_fewer_runs_than_the_committed_report_need_force(tiny, tmp_path):
     after = _files(reports)
     assert "tiny/report.html" in after and after["tiny/report.html"] != before["tiny/report.html"]
     assert "tiny/figures/top1_bars.svg" in after      # the new report's own figure
+    assert after["tiny/robustness.md"] == before["tiny/robustness.md"]   # kept, not lost
     assert sorted(p.name for p in reports.iterdir()) == ["tiny"]   # no temporary left
     runs_csv = pd.read_csv(reports / "tiny" / "runs.csv")
     assert list(runs_csv["run"]) == ["r-SoftMaxQConv2DBN-s0"]
