@@ -233,6 +233,17 @@ def focus_runs(results: Results, per_method: int = 1) -> list[str]:
     return list(picked["run"])
 
 
+def has_mask_records(results: Results, runs: Sequence[str]) -> bool:
+    """Whether any of ``runs`` (e.g. :func:`focus_runs`) is a sparse run with per-layer mask
+    records (``layers.jsonl``): what the report's mask-evolution section shows."""
+    if not len(results.layers) or not len(runs):
+        return False
+    method_of = results.runs.set_index("run")["method"] if len(results.runs) else {}
+    recorded = set(results.layers["run"])
+    return any(run in recorded and METHODS.get(method_of.get(run)) is not None
+               and METHODS[method_of.get(run)].sparse for run in runs)
+
+
 # ----------------------------------------------------------------------------- tables
 def _mean_std(values: pd.Series) -> tuple[float, float, int]:
     values = pd.to_numeric(values, errors="coerce").dropna()

@@ -341,20 +341,23 @@ row_b = "2of4"
 method_b = "SoftSRSTEConv2dBN"
 """
 
-#: every section (h2 of a Markdown cell) of a report page: its title, and how many figures and
-#: tables the cells up to the next section show
+#: every section (an h2, in a Markdown cell or in a cell's Markdown output: the report prints a
+#: section's heading only when it has something to show) of a report page: its title, its text,
+#: and how many figures and tables it shows up to the next section, in document order
 SECTIONS_JS = """
 const sections = [];
 let current = {title: '(top)', figures: 0, tables: 0, text: ''};
 sections.push(current);
-for (const cell of document.querySelectorAll('.jp-Cell')) {
-  const h2 = cell.classList.contains('jp-MarkdownCell') ? cell.querySelector('h2') : null;
-  if (h2) { current = {title: h2.innerText.replace('¶', '').trim(), figures: 0, tables: 0,
-                       text: ''};
-            sections.push(current); continue; }
-  current.figures += cell.querySelectorAll('.jp-OutputArea-output img').length;
-  current.tables += cell.querySelectorAll('.jp-OutputArea-output table').length;
-  current.text += cell.innerText + ' ';
+const nodes = document.querySelectorAll(
+  '.jp-Cell h2, .jp-OutputArea-output img, .jp-OutputArea-output table, .jp-OutputArea-output');
+for (const node of nodes) {
+  if (node.tagName === 'H2') {
+    current = {title: node.innerText.replace('¶', '').trim(), figures: 0, tables: 0,
+               text: (node.closest('.jp-RenderedMarkdown') || node).innerText};
+    sections.push(current);
+  } else if (node.tagName === 'IMG') { current.figures += 1; }
+  else if (node.tagName === 'TABLE') { current.tables += 1; }
+  else if (!node.querySelector('h2')) { current.text += node.innerText + ' '; }
 }
 return sections;
 """
@@ -395,6 +398,7 @@ def test_reports_show_a_figure_or_table_in_every_section(clone, browser, tmp_pat
     assert "within noise" in top and "ahead" in top          # the verdict legend
     titles = [s["title"] for s in sections[1:]]
     assert "Verdicts" in titles and "Mask evolution" in titles and "Ablation" in titles
+    assert "Robustness across machines and thread counts" in titles and "Convergence" in titles
     masks = next(s for s in sections if s["title"] == "Mask evolution")
     assert "2of4-SoftMaxQConv2DBN-s0" in masks["text"], masks["text"][:500]   # not the dense row
     empty = [s["title"] for s in sections[1:] if not s["figures"] + s["tables"]]
