@@ -566,7 +566,8 @@ def weighted_dead_share(rows: list[dict]) -> float | None:
 
 def describe(model: nn.Module, N: int | None = None, M: int | None = None, *,
              input_size: tuple[int, ...] | None = None) -> list[dict]:
-    """One row per conv/linear layer: name, kind, shape, sparse, reason, N, M, params, valid_2to4.
+    """One row per conv/linear layer: layer (module name), kind, shape, sparse, reason, N, M, params,
+    params_kept, valid_2to4.
 
     For a sparsified model N and M come from the model; for a stock model pass them to see what
     :func:`sparsify` would do. With ``input_size=(1, C, H, W)`` every row also gets the layer's
