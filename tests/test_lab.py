@@ -24,7 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def install_chromium() -> str | None:
