@@ -52,11 +52,15 @@ def installed(tmp_path_factory) -> Path:
     deps = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     Path(purelib, "maxq-test-dependencies.pth").write_text("\n".join(sorted(deps)) + "\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-v",
                            "--no-deps", "--no-build-isolation", "--no-index", str(src)],
                           cwd=base, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "deprecat" not in (done.stdout + done.stderr).lower()     # quiet set-up (SPDX licence)
+    build_output = done.stdout + done.stderr                 # -v: the build backend's own output
+    assert "build_py" in build_output                        # the backend's output is shown
+    for noise in ("BuildBackendWarning", "SetuptoolsDeprecationWarning", "is deprecated",
+                  "Package would be ignored"):                # quiet set-up (SPDX licence)
+        assert noise not in build_output, noise
     return venv / "bin"
 
 

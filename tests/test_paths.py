@@ -101,3 +101,14 @@ def test_notebooks_and_studies_are_package_data_with_one_copy():
 def test_kit_dir_refuses_an_unknown_folder():
     with pytest.raises(ValueError, match="there are: notebooks, studies"):
         paths.kit_dir("runs")
+
+
+def test_the_lab_treats_the_package_data_link_as_the_templates():
+    """JupyterLab shows the templates twice (notebooks/ and its link maxq/notebooks/): saving
+    through either strips the outputs; executed copies elsewhere are kept as they are."""
+    from maxq import lab
+
+    assert lab.is_template("notebooks/masks.ipynb") and lab.is_template("/maxq/notebooks/row.ipynb")
+    assert not lab.is_template("runs/smoke/x/row.ipynb")
+    assert not lab.is_template("maxq/notebooks/sub/row.ipynb")
+    assert not lab.is_template("reports/smoke/report.ipynb")
