@@ -250,6 +250,8 @@ class StatusTable:
             for key, value in values.items():
                 if key == "seconds" and isinstance(value, float):
                     value = f"{value:.1f}"
+                if key in ("run_dir", "notebook") and value:   # as reports show paths
+                    value = paths.shown(value)
                 line[key] = "" if value is None else str(value)
             line["updated"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             self._write()

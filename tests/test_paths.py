@@ -112,3 +112,16 @@ def test_the_lab_treats_the_package_data_link_as_the_templates():
     assert not lab.is_template("runs/smoke/x/row.ipynb")
     assert not lab.is_template("maxq/notebooks/sub/row.ipynb")
     assert not lab.is_template("reports/smoke/report.ipynb")
+
+
+def test_status_lines_show_paths_as_the_reports_do(tmp_path):
+    """The roots are absolute now; status.csv (shown in every report) keeps run folders inside
+    the checkout relative to it, so committed reports hold no machine's paths."""
+    table = batch.StatusTable("shown", tmp_path)
+    table.update("a", run_dir=ROOT / "runs" / "shown" / "a",
+                 notebook=ROOT / "runs" / "shown" / "a" / "row.ipynb")
+    table.update("b", run_dir=tmp_path / "shown" / "b")
+    lines = studies.read_status("shown", tmp_path)
+    assert lines["a"]["run_dir"] == "runs/shown/a"
+    assert lines["a"]["notebook"] == "runs/shown/a/row.ipynb"
+    assert lines["b"]["run_dir"] == str(tmp_path / "shown" / "b")
