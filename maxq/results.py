@@ -635,7 +635,7 @@ def proxy_gflops(runs: pd.DataFrame) -> pd.DataFrame:
         small = bool(first["small_input"]) if pd.notna(first["small_input"]) else False
         channels = int(first["in_channels"]) if pd.notna(first["in_channels"]) else 3
         size = int(first["image_size"]) if pd.notna(first["image_size"]) else 224
-        dense = method == "DenseConv2dBN"
+        dense = method in METHODS and not METHODS[method].sparse
         out.append({"row": row, "method": method, "gflops": _proxy_cost_cached(
             str(first["arch"]), int(first["N"]), int(first["M"]), dense, width, small, channels,
             size)})

@@ -19,7 +19,7 @@ from maxq import batch, plots, records, results, studies
 from test_results import markdown_rows
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.e2e
 
 
 def outputs_text(path: Path) -> str:
