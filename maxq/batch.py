@@ -39,7 +39,7 @@ from typing import Any, Callable, Sequence
 
 from tabulate import tabulate
 
-from maxq import config, records
+from maxq import config, paths, records
 from maxq.studies import (PACKAGE_ROOT, STATUS_COLUMNS, Row, Study, StudyError, load_study,
                           parse_shard, read_status, read_status_file, report_dir, reports_root,
                           resolve, runs_root, status_path)
@@ -57,10 +57,10 @@ class NotebookError(ValueError):
 # ----------------------------------------------------------------------------- notebooks
 def notebook_path(name: str) -> Path:
     """A notebook of the kit (``row.ipynb``, ``report.ipynb``, ``masks.ipynb``)."""
-    for base in (Path.cwd() / "notebooks", PACKAGE_ROOT / "notebooks"):
+    for base in (Path.cwd() / "notebooks", paths.kit_dir("notebooks")):
         if (base / name).exists():
             return base / name
-    return PACKAGE_ROOT / "notebooks" / name
+    return paths.kit_file("notebooks", name)
 
 
 # ----------------------------------------------------------------------------- notebooks
@@ -251,6 +251,8 @@ class StatusTable:
             for key, value in values.items():
                 if key == "seconds" and isinstance(value, float):
                     value = f"{value:.1f}"
+                if key in ("run_dir", "notebook") and value:   # as reports show paths
+                    value = paths.shown(value)
                 line[key] = "" if value is None else str(value)
             line["updated"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             self._write()

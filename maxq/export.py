@@ -10,30 +10,32 @@ computed and checked in memory first; a refusal writes nothing. FLOP counts are 
 :mod:`maxq.cost`.
 
 The CLI front is ``maxq export RUN_DIR_OR_CHECKPOINT --format torchvision|onnx|sparse24|int8``.
-onnx and onnxruntime are optional dependencies, imported where they are used.
+onnx and onnxruntime are optional dependencies, imported where they are used. Loading a run is
+:mod:`maxq.run_loading`, the ONNX side :mod:`maxq.onnx_export`; their names are importable here.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 from tabulate import tabulate
 from torch import nn
 
 from maxq import data as data_mod
-from maxq import methods, models, records
+from maxq import methods, records
 from maxq import sparse as sp
 from maxq.int8 import evaluate_int8
 from maxq.kernels24 import sparse24_check, sparse24_support
+from maxq.onnx_export import (ONNX_ATOL, ONNX_BATCH_SIZES, ONNX_RTOL,  # noqa: F401
+                              _onnx_bytes, _onnx_nm_check, verify_onnx, write_onnx)
+# loading a run lives in maxq.run_loading; its names stay importable from here
+from maxq.run_loading import (ExportError, LoadedRun, NotNMError,  # noqa: F401
+                              _config_fields, _read_checkpoint, _resolve_checkpoint, load_run)
 
 __all__ = [
     "ExportError", "NotNMError", "LoadedRun", "load_run", "export", "ExportResult", "nm_report",
@@ -44,254 +46,6 @@ FORMATS = ("torchvision", "onnx", "sparse24", "int8")
 DEFAULT_NAMES = {"torchvision": "model_torchvision.pth", "onnx": "model.onnx",
                  "sparse24": "sparse24.json", "int8": "int8.json"}
 EXPORT_DIR = "export"
-ONNX_BATCH_SIZES = (1, 8)
-ONNX_ATOL = 1e-4
-ONNX_RTOL = 1e-4
-
-
-class ExportError(ValueError):
-    """A refusal the user can act on (not N:M, wrong arch, unreadable file): one line, no output."""
-
-
-class NotNMError(ExportError):
-    """A sparse layer of the folded model breaks the N:M pattern."""
-
-
-# ============================================================================ loading a run
-@dataclass
-class LoadedRun:
-    """A rebuilt sparse model with its checkpoint loaded (eval mode) and what describes it."""
-
-    model: nn.Module
-    arch: str
-    method: str
-    N: int
-    M: int
-    num_classes: int
-    in_channels: int
-    small_input: bool
-    image_size: int
-    checkpoint: Path
-    run_dir: Path | None
-    config: dict = field(default_factory=dict)
-    epoch: int | None = None
-    width_mult: float = 1.0
-
-    def build_stock(self) -> nn.Module:
-        return models.build(self.arch, self.num_classes, self.in_channels, self.small_input,
-                            width_mult=self.width_mult)
-
-    def info(self) -> dict[str, Any]:
-        return {"arch": self.arch, "method": self.method, "N": self.N, "M": self.M,
-                "num_classes": self.num_classes, "in_channels": self.in_channels,
-                "small_input": self.small_input, "image_size": self.image_size,
-                "checkpoint": str(self.checkpoint), "epoch": self.epoch}
-
-
-def _resolve_checkpoint(path: str | Path, which: str = "best") -> tuple[Path, Path | None]:
-    """(checkpoint file, run directory or None) for a run directory or a checkpoint file."""
-    path = Path(path)
-    if not path.exists():
-        raise ExportError(f"{path} does not exist")
-    if path.is_dir():
-        order = ([records.CHECKPOINT, records.BEST] if which == "last"
-                 else [records.BEST, records.CHECKPOINT])
-        for name in order:
-            if (path / name).is_file():
-                return path / name, path
-        raise ExportError(f"{path} holds no checkpoint ({records.BEST} or {records.CHECKPOINT})")
-    run_dir = path.parent if (path.parent / records.CONFIG).is_file() else None
-    return path, run_dir
-
-
-def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(model state_dict, other scalar entries such as arch/epoch) of a checkpoint file, loaded
-    with ``weights_only=True``; a clear one-line error if it is unreadable."""
-    from maxq import official                   # also reads the authors' files (numpy-1 scalars)
-
-    try:
-        obj = official.safe_load(path)
-    except official.OfficialCheckpointError as exc:
-        raise ExportError(f"cannot read checkpoint {path}: {str(exc).split(': ', 1)[-1]}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError,
-            AttributeError, ImportError, IndexError, TypeError) as exc:
-        raise ExportError(f"cannot read checkpoint {path}: not a PyTorch checkpoint or corrupt "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
-    except Exception as exc:  # pickle.UnpicklingError and friends
-        raise ExportError(f"cannot read checkpoint {path}: not a PyTorch checkpoint or corrupt "
-                          f"({type(exc).__name__})") from None
-    state, meta = obj, {}
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "model_state_dict", "model_state"):
-            if isinstance(obj.get(key), dict):
-                state = obj[key]
-                meta = {k: v for k, v in obj.items()
-                        if k != key and isinstance(v, (str, int, float, bool))}
-                break
-    if not isinstance(state, dict) or not state or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
-        raise ExportError(f"{path} holds no model state_dict (expected a dict of tensors, "
-                          f"or one under the key 'state_dict')")
-    prefix = "module."
-    if all(k.startswith(prefix) for k in state):
-        state = {k[len(prefix):]: v for k, v in state.items()}
-    return state, meta
-
-
-def _config_fields(config: dict) -> dict[str, Any]:
-    """What rebuilding needs, from ``config.json`` as :func:`maxq.train.train` writes it
-    (``args``: the resolved TrainConfig; ``data``: num_classes, in_channels, image_size)."""
-    config = config if isinstance(config, dict) else {}
-    args = records.read_config(config)
-    data = config.get("data") if isinstance(config.get("data"), dict) else {}
-
-    def pick(*keys, default=None):
-        for key in keys:
-            for source in (args, data, config):
-                value = source.get(key)
-                if value is not None and not isinstance(value, (dict, list)):
-                    return value
-        return default
-
-    return {
-        "arch": pick("arch"), "method": pick("conv_bn_type"),
-        "N": pick("N"), "M": pick("M"), "num_classes": pick("num_classes"),
-        "in_channels": pick("in_channels"), "small_input": pick("small_input"),
-        "image_size": pick("image_size"), "tau": pick("tau", default=0.01), "set": pick("set"),
-        "width_mult": pick("width_mult", default=1.0),
-    }
-
-
-def _infer_shapes(state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """num_classes / in_channels / small_input from a stock-keyed state_dict (no config.json)."""
-    weights = [(k, v) for k, v in state.items() if k.endswith(".weight")]
-    convs = [(k, v) for k, v in weights if v.dim() == 4]
-    linears = [(k, v) for k, v in weights if v.dim() == 2]
-    out: dict[str, Any] = {}
-    if convs:
-        stem = convs[0][1]
-        out["in_channels"] = int(stem.shape[1])
-        out["small_input"] = None  # decided from the stride, which a state_dict does not hold
-        out["stem_kernel"] = int(stem.shape[2])
-    if linears:
-        out["num_classes"] = int(linears[-1][1].shape[0])
-    return out
-
-
-def load_run(path: str | Path, *, arch: str | None = None, N: int | None = None,
-             M: int | None = None, method: str | None = None, which: str = "best",
-             image_size: int | None = None) -> LoadedRun:
-    """Rebuild the sparse model of a run directory (or one checkpoint file) and load its weights.
-
-    Reads ``config.json`` beside the checkpoint (arch, conv_bn_type, N, M, data set shape).
-    ``arch``: if given and the run says otherwise, refuse. Without a config.json, ``arch``, ``N``
-    and ``M`` are needed (method defaults to SoftSRSTEConv2dBN; the mask buffers come from the
-    checkpoint). The model is returned in eval mode; the stored masks are what it uses.
-    """
-    if which not in ("best", "last", "auto"):
-        raise ExportError(f"which must be 'best', 'last' or 'auto'; got {which!r}")
-    ckpt, run_dir = _resolve_checkpoint(path, which)
-    config: dict = {}
-    if run_dir is not None:
-        try:
-            config = records.read_json(run_dir / records.CONFIG)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ExportError(f"cannot read {run_dir / records.CONFIG}: {exc}") from None
-    fields = _config_fields(config)
-    state, meta = _read_checkpoint(ckpt)
-    inferred = _infer_shapes(state)
-
-    run_arch = fields["arch"] or meta.get("arch")
-    if fields["arch"] and meta.get("arch") and fields["arch"] != meta["arch"]:
-        raise ExportError(f"arch mismatch: {ckpt} says {meta['arch']!r} but its run's config.json "
-                          f"says {fields['arch']!r}")
-    if arch is not None and run_arch is not None and arch != run_arch:
-        where = run_dir / records.CONFIG if fields["arch"] else ckpt
-        raise ExportError(f"arch mismatch: the checkpoint was trained as {run_arch!r}, not "
-                          f"{arch!r} ({where})")
-    arch = arch or run_arch
-    if arch is None:
-        raise ExportError(f"no config.json beside {ckpt}: pass --arch (and --nm N:M)")
-    try:
-        models.get(arch)
-    except ValueError as exc:
-        raise ExportError(str(exc)) from None
-    method = method or fields["method"] or "SoftSRSTEConv2dBN"
-    try:
-        spec = methods.get(method)
-    except (ValueError, KeyError) as exc:
-        raise ExportError(str(exc).strip("'\"")) from None
-    if not spec.sparse:
-        raise ExportError(f"{ckpt} is a dense run (conv_bn_type {method}): there is no N:M "
-                          f"pattern to export; export a sparse run")
-    N = N if N is not None else fields["N"]
-    M = M if M is not None else fields["M"]
-    if N is None or M is None:
-        raise ExportError(f"N:M unknown for {ckpt}: no config.json; pass --nm N:M")
-    N, M = int(N), int(M)
-    num_classes = int(fields["num_classes"] or inferred.get("num_classes") or 1000)
-    in_channels = int(fields["in_channels"] or inferred.get("in_channels") or 3)
-    small_input = fields["small_input"]
-    if small_input is None:
-        spec_ds = data_mod.DATASETS.get(fields["set"]) if fields["set"] else None
-        if spec_ds is not None:
-            small_input = spec_ds.small_input
-        else:  # no config: a 3x3 ResNet stem means the small-input stem
-            small_input = models.get(arch).family == "resnet" and inferred.get("stem_kernel") == 3
-    small_input = bool(small_input)
-    if image_size is None:
-        image_size = fields["image_size"]
-        if image_size is None:
-            spec_ds = data_mod.DATASETS.get(fields["set"]) if fields["set"] else None
-            image_size = spec_ds.image_size if spec_ds else (32 if small_input else 224)
-    image_size = int(image_size)
-
-    from maxq import official                   # an authors' checkpoint: map it (--arch, --nm)
-
-    candidate, _ = official.unwrap(state, str(ckpt))
-    if official.is_official_state(candidate):
-        try:
-            state = official.kit_state_for(ckpt, candidate, meta, arch, N, M, spec.name)
-        except official.OfficialCheckpointError as exc:
-            raise ExportError(str(exc)) from None
-    if not any(k.endswith(".weight_mask") for k in state):
-        raise ExportError(f"{ckpt} holds no N:M masks (no '*.weight_mask' buffers): it is a dense "
-                          f"checkpoint; nothing to export as {N}:{M}")
-    width_mult = float(fields["width_mult"])
-    model = models.build(arch, num_classes, in_channels, small_input, width_mult=width_mult)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            # every mask is replaced by the checkpoint's buffer below: skip computing them
-            sp.sparsify(model, spec.name, N, M, tau=float(fields["tau"] or 0.01), init_masks=False)
-        except ValueError as exc:
-            raise ExportError(f"cannot rebuild {arch} as {N}:{M} {spec.name}: {exc}") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ExportError(_state_mismatch(ckpt, arch, model.state_dict(), state, exc)) from None
-    model.eval()
-    return LoadedRun(model=model, arch=arch, method=spec.name, N=N, M=M, num_classes=num_classes,
-                     in_channels=in_channels, small_input=small_input, image_size=image_size,
-                     checkpoint=ckpt, run_dir=run_dir, config=config, epoch=meta.get("epoch"),
-                     width_mult=width_mult)
-
-
-def _state_mismatch(ckpt: Path, arch: str, expected: dict, got: dict, exc: Exception) -> str:
-    missing = [k for k in expected if k not in got]
-    unexpected = [k for k in got if k not in expected]
-    shapes = [k for k in expected if k in got and expected[k].shape != got[k].shape]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-    if shapes:
-        k = shapes[0]
-        parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: checkpoint "
-                     f"{tuple(got[k].shape)} vs model {tuple(expected[k].shape)})")
-    detail = "; ".join(parts) or str(exc).splitlines()[0]
-    return f"{ckpt} does not fit arch {arch!r} (wrong arch or N:M?): {detail}"
 
 
 # ============================================================================ N:M verification
@@ -363,81 +117,6 @@ def _example_input(loaded: LoadedRun, batch: int, seed: int = 0) -> torch.Tensor
 @torch.no_grad()
 def _max_abs_diff(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
     return float((a(x) - b(x)).abs().max())
-
-
-# ============================================================================ ONNX
-def _onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int | None = None) -> tuple[bytes, str]:
-    """Serialized ONNX of ``model`` with a dynamic batch axis: (bytes, exporter used)."""
-    kwargs = dict(input_names=["input"], output_names=["logits"])
-    errors = []
-    try:  # the TorchScript exporter: quick, no extra dependencies, dynamic_axes
-        buffer = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), buffer, dynamo=False,
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                              opset_version=opset or 17, do_constant_folding=True, **kwargs)
-        return buffer.getvalue(), "torchscript"
-    except Exception as exc:  # removed in a later torch: fall back to torch.export
-        errors.append(f"torchscript: {type(exc).__name__}: {exc}")
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (example,), dynamo=True, verbose=False,
-                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-                                        opset_version=opset, **kwargs)
-        proto = program.model_proto
-        return proto.SerializeToString(), "dynamo"
-    except Exception as exc:
-        errors.append(f"dynamo: {type(exc).__name__}: {exc}")
-    raise ExportError("ONNX export failed: " + " | ".join(e.splitlines()[0] for e in errors))
-
-
-def verify_onnx(onnx_model: bytes | str | Path, model: nn.Module, example_shape: Sequence[int],
-                batch_sizes: Iterable[int] = ONNX_BATCH_SIZES, seed: int = 0) -> dict[int, dict]:
-    """Per batch size: ``{"max_abs_diff"`` onnxruntime (CPU) vs PyTorch logits, ``"scale"``
-    max |PyTorch logit|``}``."""
-    import onnxruntime as ort
-
-    source = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    diffs = {}
-    model.eval()
-    for batch in batch_sizes:
-        g = torch.Generator().manual_seed(seed + batch)
-        x = torch.randn(batch, *example_shape[1:], generator=g)
-        with torch.no_grad():
-            ref = model(x).numpy()
-        got = session.run(None, {input_name: x.numpy()})[0]
-        if got.shape != ref.shape:
-            raise ExportError(f"ONNX output shape {got.shape} != PyTorch {ref.shape} at batch {batch}")
-        diffs[int(batch)] = {"max_abs_diff": float(np.abs(got - ref).max()),
-                             "scale": float(np.abs(ref).max())}
-    return diffs
-
-
-def _onnx_nm_check(onnx_bytes: bytes, N: int, M: int, grouping: str = "input") -> dict[str, int]:
-    """How many conv weights in the ONNX graph are N:M (BN may be fused in: zeros survive);
-    ``grouping``: the method's N:M groups (``"row"``: Bi-Mask's, see maxq.sparse._blocks)."""
-    import onnx
-    from onnx import numpy_helper
-
-    proto = onnx.load_from_string(onnx_bytes)
-    inits = {i.name: i for i in proto.graph.initializer}
-    total = nm = 0
-    for node in proto.graph.node:
-        if node.op_type != "Conv" or len(node.input) < 2 or node.input[1] not in inits:
-            continue
-        w = torch.from_numpy(numpy_helper.to_array(inits[node.input[1]]).copy())
-        if w.dim() != 4 or w.shape[1] % M:
-            continue
-        total += 1
-        if int(sp.block_nonzeros(w, M, grouping).max()) <= N:
-            nm += 1
-    return {"conv_weights": total, "nm_conv_weights": nm}
 
 
 # ============================================================================ export
@@ -532,39 +211,13 @@ def export(path: str | Path, format: str = "torchvision", out: str | Path | None
     result = ExportResult(format, out, info, rows, fold_diff, loaded=loaded)
 
     if format == "torchvision":
-        state = {k: v.detach().clone().contiguous() for k, v in stock.state_dict().items()}
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        meta = {**info, "format": "torchvision state_dict", "layers": rows,
-                "fold_max_abs_diff": fold_diff,
-                "load": (f"maxq.models.build({loaded.arch!r}, num_classes={loaded.num_classes}, "
-                         f"in_channels={loaded.in_channels}, small_input={loaded.small_input})"
-                         f".load_state_dict(torch.load(PATH), strict=True)")}
-        records.atomic_write_bytes(out, buffer.getvalue())
-        records.write_json(out.with_suffix(".json"), meta)
-        log(f"wrote {out} ({len(state)} tensors; loads into stock {loaded.arch} with strict=True)")
+        _write_torchvision(loaded, stock, out, info, rows, fold_diff, log)
         return result
 
     if format == "onnx":
-        example = _example_input(loaded, 1)
-        data, exporter = _onnx_bytes(stock, example)
-        diffs = verify_onnx(data, stock, example.shape, batch_sizes)
-        worst = max(d["max_abs_diff"] for d in diffs.values())
-        scale = max(d["scale"] for d in diffs.values())
-        tol = onnx_atol + onnx_rtol * scale
-        per_batch = ", ".join(f"batch {b}: {d['max_abs_diff']:.3g}" for b, d in diffs.items())
-        if not worst <= tol:
-            raise ExportError(f"ONNX outputs differ from PyTorch: max abs diff {worst:.3g} > "
-                              f"{tol:.3g} ({per_batch}); nothing written")
-        nm = _onnx_nm_check(data, loaded.N, loaded.M, methods.get(loaded.method).grouping)
-        records.atomic_write_bytes(out, data)
-        result.extra = {"exporter": exporter, "onnx_max_abs_diff": worst,
-                        "onnx_max_abs_diff_per_batch": {str(b): d["max_abs_diff"] for b, d in diffs.items()},
-                        "onnx_tolerance": tol, **nm}
-        log(f"onnxruntime vs PyTorch: max abs diff {worst:.3g} ({per_batch}; tolerance {tol:.3g})")
-        log(f"ONNX conv weights that are {loaded.N}:{loaded.M}: {nm['nm_conv_weights']} of "
-            f"{nm['conv_weights']} with M-divisible inputs")
-        log(f"wrote {out} ({len(data) / 1e6:.1f} MB, {exporter} exporter, dynamic batch axis)")
+        result.extra = write_onnx(stock, _example_input(loaded, 1), out, loaded.N, loaded.M,
+                                  methods.get(loaded.method).grouping, atol=onnx_atol,
+                                  rtol=onnx_rtol, batch_sizes=batch_sizes, log=log)
         return result
 
     if format == "sparse24":
@@ -580,6 +233,22 @@ def export(path: str | Path, format: str = "torchvision", out: str | Path | None
     result.extra = report
     log(f"wrote {out}")
     return result
+
+
+def _write_torchvision(loaded: LoadedRun, stock: nn.Module, out: Path, info: dict,
+                       rows: list[dict], fold_diff: float, log) -> None:
+    """The plain state_dict at ``out`` and its ``.json`` sidecar (how to rebuild and load it)."""
+    state = {k: v.detach().clone().contiguous() for k, v in stock.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    meta = {**info, "format": "torchvision state_dict", "layers": rows,
+            "fold_max_abs_diff": fold_diff,
+            "load": (f"maxq.models.build({loaded.arch!r}, num_classes={loaded.num_classes}, "
+                     f"in_channels={loaded.in_channels}, small_input={loaded.small_input})"
+                     f".load_state_dict(torch.load(PATH), strict=True)")}
+    records.atomic_write_bytes(out, buffer.getvalue())
+    records.write_json(out.with_suffix(".json"), meta)
+    log(f"wrote {out} ({len(state)} tensors; loads into stock {loaded.arch} with strict=True)")
 
 
 def _int8_for_run(loaded: LoadedRun, stock: nn.Module, *, data: str | None = None,

@@ -15,17 +15,18 @@ import json
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-#: the folder (relative to the server's root, the repository) holding the tracked templates
-TEMPLATES = "notebooks"
+#: the folders (relative to the server's root, the repository) holding the tracked templates:
+#: ``notebooks/`` and its package-data link ``maxq/notebooks`` (:mod:`maxq.paths`)
+TEMPLATES = ("notebooks", "maxq/notebooks")
 #: notebook metadata keys a run adds (widget state) that the templates never carry
 _RUN_METADATA = ("widgets",)
 
 
 def is_template(path: str) -> bool:
     """Whether the API path (relative to the server root) is a notebook template:
-    ``notebooks/<name>.ipynb``, directly in the folder."""
+    ``notebooks/<name>.ipynb`` (or ``maxq/notebooks/<name>.ipynb``), directly in the folder."""
     parts = PurePosixPath(str(path).lstrip("/"))
-    return parts.suffix == ".ipynb" and parts.parent == PurePosixPath(TEMPLATES)
+    return parts.suffix == ".ipynb" and parts.parent in {PurePosixPath(t) for t in TEMPLATES}
 
 
 def strip_outputs(nb: dict[str, Any]) -> dict[str, Any]:

@@ -118,6 +118,12 @@ def is_maxq(name: str) -> bool:
     return spec is not None and spec.maxq
 
 
+def is_dense(name: str) -> bool:
+    """Whether ``name`` is a registered method without a mask (the dense baseline)."""
+    spec = METHODS.get(name)
+    return spec is not None and not spec.sparse
+
+
 def get(name: str) -> MethodSpec:
     """The spec of a method name; ``ValueError`` listing the allowed names otherwise."""
     try:

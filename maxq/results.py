@@ -244,6 +244,17 @@ def focus_runs(results: Results, per_method: int = 1) -> list[str]:
     return list(picked["run"])
 
 
+def has_mask_records(results: Results, runs: Sequence[str]) -> bool:
+    """Whether any of ``runs`` (e.g. :func:`focus_runs`) is a sparse run with per-layer mask
+    records (``layers.jsonl``): what the report's mask-evolution section shows."""
+    if not len(results.layers) or not len(runs):
+        return False
+    method_of = results.runs.set_index("run")["method"] if len(results.runs) else {}
+    recorded = set(results.layers["run"])
+    return any(run in recorded and METHODS.get(method_of.get(run)) is not None
+               and METHODS[method_of.get(run)].sparse for run in runs)
+
+
 # ----------------------------------------------------------------------------- tables
 def _mean_std(values: pd.Series) -> tuple[float, float, int]:
     values = pd.to_numeric(values, errors="coerce").dropna()
@@ -635,7 +646,7 @@ def proxy_gflops(runs: pd.DataFrame) -> pd.DataFrame:
         small = bool(first["small_input"]) if pd.notna(first["small_input"]) else False
         channels = int(first["in_channels"]) if pd.notna(first["in_channels"]) else 3
         size = int(first["image_size"]) if pd.notna(first["image_size"]) else 224
-        dense = method == "DenseConv2dBN"
+        dense = method in METHODS and not METHODS[method].sparse
         out.append({"row": row, "method": method, "gflops": _proxy_cost_cached(
             str(first["arch"]), int(first["N"]), int(first["M"]), dense, width, small, channels,
             size)})

@@ -49,7 +49,8 @@ from typing import Any, Iterable, Sequence
 
 from maxq import paths
 
-#: the repository root (studies/ sits beside maxq/)
+#: the folder holding the ``maxq`` package (the checkout's root, or site-packages when installed;
+#: the kernels' ``PYTHONPATH`` starts with it)
 PACKAGE_ROOT = paths.REPO_ROOT
 STATUS = "status.csv"
 STATUS_COLUMNS = ("row", "state", "seconds", "error", "run_dir", "notebook",
@@ -76,20 +77,18 @@ class StudyError(ValueError):
 
 
 # ----------------------------------------------------------------------------- locations
-def runs_root(path: str | os.PathLike | None = None) -> Path:
-    """``path``, else ``$MAXQ_RUNS_ROOT``, else ``runs``."""
-    return Path(path or os.environ.get("MAXQ_RUNS_ROOT") or "runs")
-
-
-def reports_root(path: str | os.PathLike | None = None) -> Path:
-    """``path``, else ``$MAXQ_REPORTS_ROOT``, else ``reports``."""
-    return Path(path or os.environ.get("MAXQ_REPORTS_ROOT") or "reports")
+#: the roots of runs and reports: one policy, :mod:`maxq.paths` (absolute paths: the checkout's
+#: ``runs/`` and ``reports/`` whatever the working directory, ``$MAXQ_RUNS_ROOT`` /
+#: ``$MAXQ_REPORTS_ROOT`` override)
+runs_root = paths.runs_root
+reports_root = paths.reports_root
 
 
 def studies_dirs() -> list[Path]:
-    """Where study names are looked up: ``$MAXQ_STUDIES``, ``./studies``, the repo's ``studies/``."""
+    """Where study names are looked up: ``$MAXQ_STUDIES``, ``./studies``, the kit's studies
+    (package data, :func:`maxq.paths.kit_dir`)."""
     dirs = [Path(p) for p in os.environ.get("MAXQ_STUDIES", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "studies", PACKAGE_ROOT / "studies"]
+    dirs += [Path.cwd() / "studies", paths.kit_dir("studies")]
     out: list[Path] = []
     for d in dirs:
         if d.resolve() not in [o.resolve() for o in out]:

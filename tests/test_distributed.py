@@ -97,7 +97,7 @@ def test_synchronised_batchnorm_matches_one_process_in_float64(tmp_path):
 
 
 # ----------------------------------------------------------------------------- torchrun
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_torchrun_two_processes_equal_one_process(tmp_path):
     data = write_imagefolder(tmp_path / "tree", n_train_per_class=4, n_val_per_class=2)
     # resnet18: no dropout (its masks would differ between 1 and 2 processes) and, unlike

@@ -152,7 +152,7 @@ def local_smoke(tmp_path_factory):
     return runs, reports, done
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_smoke_study_through_the_local_executor(local_smoke):
     runs, reports, done = local_smoke
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -175,7 +175,7 @@ def test_smoke_study_through_the_local_executor(local_smoke):
         assert not [p for p in run_dir.iterdir() if "submitit" in p.name or p.suffix == ".pkl"]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_status_prints_the_table_without_launching(local_smoke):
     runs, _, done = local_smoke
     assert done.returncode == 0
@@ -199,7 +199,7 @@ def test_status_prints_the_table_without_launching(local_smoke):
     assert not (runs / "none").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_rerun_skips_done_runs_and_submits_nothing(local_smoke):
     runs, _, done = local_smoke
     assert done.returncode == 0
@@ -252,7 +252,7 @@ def _wait_for(check, proc: subprocess.Popen, what: str, timeout: float = 600):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_preempted_job_is_requeued_and_ends_like_an_uninterrupted_run(tmp_path):
     """SIGUSR2 to the job's task in the middle of epoch 1 (after checkpoint.pth of epoch 0):
@@ -308,7 +308,7 @@ def test_preempted_job_is_requeued_and_ends_like_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(wa["state_dict"][k], wb["state_dict"][k]) for k in wa["state_dict"])
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_tasks_per_run_train_one_ddp_run(tmp_path):
     """--slurm-gpus-per-run 2 with the local executor on CPU: 2 tasks, each a kernel whose
     process-group variables come from TorchDistributedEnvironment; the kit's DDP path (gloo)

@@ -57,7 +57,7 @@ id = "mbv3"
 """
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigterm_to_a_submitit_local_batch_stops_its_job(tmp_path):
     """SIGTERM to `maxq batch --executor submitit-local` in the middle of an epoch: the batch
     exits 143 and every process it started (controller, task, papermill, kernel) ends; the run
@@ -185,7 +185,7 @@ CORRUPTIONS = {
 }
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
 def test_a_corrupt_record_marks_its_run_and_the_study_still_loads(two_seeds, tmp_path, kind):
     """One record of seed 0's run spoiled: loading the study names that file and leaves the
@@ -235,7 +235,7 @@ def test_a_garbled_status_table_does_not_stop_the_study(two_seeds, tmp_path):
 
 
 # ----------------------------------------------------------------------------- divergence
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_diverged_run_is_failed_not_done(tmp_path):
     """lr at its upper bound: finite training loss in the one step, non-finite validation loss
     after it. The run is `failed` with the reason, has no result.json and is not in summary."""

@@ -26,7 +26,7 @@ def test_without_cuda_it_says_so_and_exits_0():
     assert len(done.stdout.strip().splitlines()) == 1
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_cpu_side_parts_run_and_fill_the_table(tmp_path):
     out = tmp_path / "table.md"
     done = subprocess.run([sys.executable, str(SCRIPT), "--cpu", "--out", str(out)], env=ENV,

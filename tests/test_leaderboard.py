@@ -11,6 +11,9 @@ from matplotlib.figure import Figure
 from maxq import batch, plots, results, stats, studies, train
 from maxq.config import TrainConfig
 
+#: end to end: two tiny studies trained for real (every method, two seeds), their report by papermill
+pytestmark = pytest.mark.e2e
+
 METHODS = ["SoftSRSTEConv2dBN", "SoftMaxQConv2DBN", "LBC", "BiMask", "SpRe"]
 DEFAULTS = """
 [defaults]

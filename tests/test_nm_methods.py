@@ -274,7 +274,7 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 30
     raise AssertionError(f"{text!r} did not appear in {path}")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", NEW)
 def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path, method):
     """Learned scores (LBC), permutation, step counter and generator (Bi-Mask), branch weight,

@@ -439,6 +439,7 @@ def test_logs_of_another_format_are_refused(tmp_path):
 
 
 # ============================================================================ import / export
+@pytest.mark.e2e
 def test_import_explore_export_onnx_end_to_end(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     state = official_state("resnet18-2of4", 2, 4)

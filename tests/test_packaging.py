@@ -69,3 +69,11 @@ def test_the_readme_opens_the_explorer_with_make_lab():
     makefile = (ROOT / "Makefile").read_text()
     assert "\nlab: setup\n" in makefile
     assert "--ServerApp.ip=127.0.0.1" in makefile and "notebooks/masks.ipynb" in makefile
+
+
+def test_the_licence_is_an_spdx_string():
+    """PEP 639: ``license = "MIT"`` (a table is deprecated and makes setuptools print pages of
+    warnings); the build backend must be one that reads it."""
+    pyproject = _pyproject()
+    assert pyproject["project"]["license"] == "MIT"
+    assert "setuptools>=77" in pyproject["build-system"]["requires"]

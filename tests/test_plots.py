@@ -173,3 +173,32 @@ def test_focus_row_is_a_row_with_masks(res):
     assert focus and all(f != "dense-DenseConv2dBN-s0" for f in focus)
     run, snaps, layers = results.heatmap_selection(res)
     assert run is not None and snaps and layers
+
+
+def test_the_dense_baseline_is_found_by_the_registry_not_by_name():
+    """accuracy_vs_density draws the registry's dense method as the ceiling line (its colour),
+    not as a density point; training_cost_bars leaves it out (its ratio to itself is 1)."""
+    from matplotlib.colors import to_rgba
+
+    from maxq.methods import METHODS
+
+    dense = next(name for name, spec in METHODS.items() if not spec.sparse)
+    rows = []
+    for method, shift in (("SoftMaxQConv2DBN", 1.0), ("SoftSRSTEConv2dBN", 0.0)):
+        for N, M in ((2, 4), (1, 16)):
+            rows.append({"metric": "best_top1", "method": method, "method_label": method,
+                         "N": N, "M": M, "density": N / M, "mean": 80.0 + shift + N / M,
+                         "ci95_low": 79.0, "ci95_high": 82.0})
+    rows.append({"metric": "best_top1", "method": dense, "method_label": "dense", "N": 1,
+                 "M": 1, "density": 1.0, "mean": 85.0, "ci95_low": 84.5, "ci95_high": 85.5})
+    ax = plots.accuracy_vs_density(pd.DataFrame(rows)).axes[0]
+    ceiling = [line for line in ax.get_lines() if set(line.get_ydata()) == {85.0}]
+    assert len(ceiling) == 1 and to_rgba(ceiling[0].get_color()) == to_rgba(
+        plots.method_color(dense))
+    assert sorted(float(t) for t in ax.get_xticks()) == [1 / 16, 2 / 4]   # no point at 1.0
+    cost = pd.DataFrame([{"row": r, "method": m, "method_label": m, "ratio_to_dense": ratio,
+                          "ratio_ci95_low": ratio - 0.1, "ratio_ci95_high": ratio + 0.1}
+                         for r in ("a-2of4", "a-1of16")
+                         for m, ratio in ((dense, 1.0), ("SoftMaxQConv2DBN", 1.8))])
+    bars = plots.training_cost_bars(cost).axes[0].patches
+    assert len(bars) == 2 and {round(b.get_height(), 6) for b in bars} == {1.8}

@@ -148,7 +148,7 @@ def _start_batch(study: Path, runs: Path, tmp_path: Path) -> subprocess.Popen:
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigterm_stops_the_kernels_and_marks_the_rows_interrupted(tmp_path):
     study, runs = _sleeping_study(tmp_path)
     proc = _start_batch(study, runs, tmp_path)

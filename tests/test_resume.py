@@ -53,7 +53,7 @@ def _strip(rows):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("interval", ["1", "3"])
 def test_resume_after_kill_9_equals_uninterrupted_run(tmp_path, capsys, interval):
     """Also with masks refreshed every 3rd step: 4 steps per epoch, so the resumed epoch starts

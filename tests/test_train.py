@@ -144,7 +144,7 @@ def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path):
     assert all(v.dtype != torch.bfloat16 for v in ckpt["state_dict"].values())  # fp32 weights
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_learns_fashion_mnist_above_chance(tmp_path):
     # resnet18 on 8 px images, 512 training images, 3 epochs: ~50 steps. SR-STE rather than MaxQ
     # because MaxQ's mask (sorting every layer's weights on each forward) is ~4x slower on CPU.
