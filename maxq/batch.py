@@ -5,354 +5,49 @@ this module executes them. A run is the notebook ``notebooks/row.ipynb`` execute
 into ``<runs_root>/<study>/<run_id>/row.ipynb``; the training writes its run directory (see
 :mod:`maxq.records`) into the same folder.
 
-:func:`run_batch` runs the rows (``jobs`` papermill subprocesses at a time, one kernel each; threads
-launch them, never multiprocessing), skips finished runs, keeps going past failures, records
-every run's state in ``<runs_root>/<study>/status.csv`` and finally renders the report with
-:func:`render_report`. One batch per study (per shard) runs at a time: it holds the study's lock
-(:func:`study_lock`) and a second one is refused; SIGTERM and SIGHUP are handled like Ctrl-C (the
-kernels are stopped and waited for, the running rows marked ``interrupted``).
+:func:`run_batch` checks everything first (the study, its training options against
+:class:`maxq.config.TrainConfig`, the filter, shard and executor: every problem printed, exit 2,
+nothing written), then hands the runs to an executor of :mod:`maxq.executors` (``threads``
+by default: ``jobs`` papermill subprocesses at a time, one kernel each), skips finished runs,
+keeps going past failures, records every run's state in ``<runs_root>/<study>/status.csv``
+(:mod:`maxq.rowrun`) and finally renders the report with :func:`render_report`. One batch per
+study (per shard) runs at a time: it holds the study's lock (:func:`study_lock`) and a second
+one is refused; SIGTERM and SIGHUP are handled like Ctrl-C (the kernels are stopped and waited
+for, the running rows marked ``interrupted``).
+
+Imports go one way: studies -> notebook_exec -> rowrun -> jobs -> executors -> batch -> cli
+(tests/test_imports.py).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import difflib
-import fcntl
 import functools
-import io
-import json
 import math
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
-import time
 import tomllib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from tabulate import tabulate
 
-from maxq import config, paths, records
-from maxq.studies import (PACKAGE_ROOT, STATUS_COLUMNS, Row, Study, StudyError, load_study,
-                          parse_shard, read_status, read_status_file, report_dir, reports_root,
-                          resolve, runs_root, status_path)
-
-ROW_NOTEBOOK = "row.ipynb"
-REPORT_NOTEBOOK = "report.ipynb"
-PAPERMILL_LOG = "papermill.log"
-KERNEL_NAME = "python3"
-
-
-class NotebookError(ValueError):
-    """A notebook cannot be used (missing, unreadable, or without a ``parameters`` cell)."""
-
-
-# ----------------------------------------------------------------------------- notebooks
-def notebook_path(name: str) -> Path:
-    """A notebook of the kit (``row.ipynb``, ``report.ipynb``, ``masks.ipynb``)."""
-    for base in (Path.cwd() / "notebooks", paths.kit_dir("notebooks")):
-        if (base / name).exists():
-            return base / name
-    return paths.kit_file("notebooks", name)
-
-
-# ----------------------------------------------------------------------------- notebooks
-def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
-    """The parameters of a notebook's ``parameters`` cell (name → default as written);
-    :class:`NotebookError` when the notebook is missing, unreadable or has no such cell."""
-    import nbformat
-
-    path = Path(path)
-    if not path.is_file():
-        raise NotebookError(f"notebook {path} does not exist")
-    try:
-        nb = nbformat.read(path, as_version=4)
-    except Exception as exc:  # noqa: BLE001 - any parse failure is the same user error
-        raise NotebookError(f"notebook {path} cannot be read: {exc}") from None
-    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
-    if not cells:
-        raise NotebookError(f"notebook {path} has no cell tagged 'parameters' (papermill "
-                            f"injects the row's options after that cell; add the tag in "
-                            f"JupyterLab: cell → property inspector → tags)")
-    import papermill
-
-    try:
-        return {name: spec["default"] for name, spec in papermill.inspect_notebook(path).items()}
-    except Exception as exc:  # noqa: BLE001
-        raise NotebookError(f"notebook {path}: cannot read its parameters cell: {exc}") from None
-
-
-def _kernel_env(jobs: int) -> dict[str, str]:
-    env = dict(os.environ)
-    threads = str(max(1, (os.cpu_count() or 1) // max(1, jobs)))
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        if jobs > 1 or key not in env:
-            env[key] = threads
-    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT)] + (
-        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env["TQDM_DISABLE"] = "1"          # no progress bars inside kernels: logs stay readable
-    env["PYTHONUNBUFFERED"] = "1"
-    env.pop("MPLBACKEND", None)        # the kernel's inline backend shows the curves
-    return env
-
-
-def execute_notebook(input_path: str | os.PathLike, output_path: str | os.PathLike,
-                     parameters: dict[str, Any], *, log_path: str | os.PathLike,
-                     cwd: str | os.PathLike | None = None, html_path: str | None = None,
-                     timeout: float | None = None, jobs: int = 1) -> tuple[bool, str]:
-    """Run one notebook with papermill in its own subprocess (and so its own kernel).
-
-    stdout/stderr of papermill and the kernel go to ``log_path``. Returns ``(ok, error)`` where
-    ``error`` is one line (the notebook's exception, a timeout, ...)."""
-    log_path = Path(log_path)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-    fd, error_file = tempfile.mkstemp(prefix="maxq-batch-", suffix=".err")
-    os.close(fd)
-    spec = {"input": str(input_path), "output": str(output_path), "parameters": parameters,
-            "cwd": str(cwd or Path.cwd()), "error_file": error_file, "html": html_path}
-    cmd = [sys.executable, "-m", "maxq.batch", "--execute-notebook", json.dumps(spec)]
-    try:
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=_kernel_env(jobs),
-                                    cwd=str(cwd or Path.cwd()), start_new_session=True)
-            with _ACTIVE_LOCK:
-                _ACTIVE.add(proc)
-            try:
-                rc = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                return False, f"timed out after {timeout:g} s (see {log_path})"
-            except BaseException:
-                _kill_group(proc)
-                raise
-            finally:
-                with _ACTIVE_LOCK:
-                    _ACTIVE.discard(proc)
-        message = Path(error_file).read_text(encoding="utf-8").strip()
-        if rc != 0:
-            return False, _one_line(message or f"papermill exited with status {rc} "
-                                               f"(see {log_path})")
-        return True, ""
-    finally:
-        try:
-            os.unlink(error_file)
-        except OSError:
-            pass
-
-
-#: papermill subprocesses running now (each the leader of its own session: kernel included)
-_ACTIVE: set[subprocess.Popen] = set()
-_ACTIVE_LOCK = threading.Lock()
-_STOP = threading.Event()
-
-
-def _kill_active() -> None:
-    with _ACTIVE_LOCK:
-        procs = list(_ACTIVE)
-    for proc in procs:
-        _kill_group(proc)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """Stop papermill's process group and the groups of its descendants (the kernel runs in a
-    session of its own, with its data-loader workers): SIGTERM, up to 10 s, then SIGKILL; return
-    when all of them have ended."""
-    import psutil
-
-    try:
-        descendants = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
-    groups = {proc.pid}
-    for child in descendants:
-        try:
-            groups.add(os.getpgid(child.pid))
-        except OSError:
-            pass
-    groups.discard(os.getpgrp())              # never our own group
-    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, None)):
-        for group in groups:
-            try:
-                os.killpg(group, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        _, alive = psutil.wait_procs(descendants, timeout=wait)
-        if not alive:
-            return
-
-
-def _one_line(text: str, limit: int = 500) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _execute_main(spec_json: str) -> int:
-    """Inside the subprocess: papermill (and nbconvert for ``html``)."""
-    import logging
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
-                        stream=sys.stdout)
-    spec = json.loads(spec_json)
-    error_file = spec["error_file"]
-    try:
-        import papermill
-
-        papermill.execute_notebook(
-            spec["input"], spec["output"], parameters=spec["parameters"],
-            kernel_name=KERNEL_NAME, progress_bar=False, log_output=True, cwd=spec["cwd"],
-            request_save_on_cell_execute=True)
-        if spec.get("html"):
-            import nbconvert
-            import nbformat
-
-            # a reader's page: no code cells or prompts, titled by the report's folder (study);
-            # raw HTML in Markdown (text from study files) escaped
-            body, _ = html_exporter().from_notebook_node(
-                nbformat.read(spec["output"], as_version=4), resources={
-                    "metadata": {"name": f"MaxQ report: {Path(spec['html']).parent.name}"}})
-            records.atomic_write_text(spec["html"], body)
-        return 0
-    except Exception as exc:  # noqa: BLE001 - every failure becomes the row's error line
-        ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
-        message = f"{ename}: {evalue}" if ename else f"{type(exc).__name__}: {exc}"
-        Path(error_file).write_text(_one_line(message), encoding="utf-8")
-        print(f"maxq batch: {message}", file=sys.stderr)
-        return 1
-
-
-# ----------------------------------------------------------------------------- status table
-class StatusTable:
-    """Thread-safe ``status.csv``: every update rewrites the file atomically."""
-
-    def __init__(self, study: str, root: str | os.PathLike | None = None):
-        self.path = status_path(study, root)
-        self.lines = read_status(study, root)
-        self.lock = threading.Lock()
-
-    def update(self, row: str, **values: Any) -> None:
-        with self.lock, self._file_lock():
-            # another batch (another shard) may have written rows since: merge, then write
-            self.lines = {**self.lines, **read_status_file(self.path)}
-            line = self.lines.setdefault(row, {c: "" for c in STATUS_COLUMNS})
-            line["row"] = row
-            for key, value in values.items():
-                if key == "seconds" and isinstance(value, float):
-                    value = f"{value:.1f}"
-                if key in ("run_dir", "notebook") and value:   # as reports show paths
-                    value = paths.shown(value)
-                line[key] = "" if value is None else str(value)
-            line["updated"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-            self._write()
-
-    def _file_lock(self):
-        """An exclusive ``flock`` on ``.status.lock`` beside status.csv for one update."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path.parent / ".status.lock", "a+b")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except OSError:                       # no flock on this file system: unlocked
-            pass
-        return handle                         # closing it (end of `with`) drops the lock
-
-    def _write(self) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=STATUS_COLUMNS, extrasaction="ignore",
-                                lineterminator="\n")
-        writer.writeheader()
-        for line in self.lines.values():
-            writer.writerow({c: line.get(c, "") for c in STATUS_COLUMNS})
-        records.atomic_write_text(self.path, buffer.getvalue())
-
-
-# ----------------------------------------------------------------------------- one run
-def config_mismatch(row: Row, run_dir: str | os.PathLike) -> str:
-    """Why a finished run directory does not belong to ``row`` ('' when it does)."""
-    try:
-        stored = records.read_config(run_dir)
-    except (records.RunRecordError, OSError, ValueError) as exc:
-        return f"unreadable run directory: {exc}"
-    wanted = row.parameters()
-    diffs = []
-    for key, value in sorted(wanted.items()):
-        if key in config.ROW_CHECK_IGNORED or key not in stored:
-            continue
-        if not _same(stored[key], value):
-            diffs.append(f"{key}: {stored[key]!r} there, {value!r} in the study")
-    return "; ".join(diffs)
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) \
-            and not isinstance(a, bool) and not isinstance(b, bool):
-        return abs(float(a) - float(b)) <= 1e-12 * max(1.0, abs(float(a)))
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
-
-
-@dataclass
-class Outcome:
-    row: Row
-    state: str
-    seconds: float = 0.0
-    error: str = ""
-
-
-def _prepare(row: Row, root: Path, force: bool, allowed: set[str] | None) -> tuple[str, str, dict]:
-    """Decide what to do with a run: ("skip"|"fail"|"corrupt"|"run", message, extra
-    parameters)."""
-    if allowed is not None:
-        unknown = sorted(set(row.params) - allowed)
-        if unknown:
-            hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)"
-                                 if (m := difflib.get_close_matches(k, sorted(allowed), n=1))
-                                 else "") for k in unknown]
-            return "fail", f"unknown training option(s) {', '.join(hints)}", {}
-    run_dir = row.run_dir(root)
-    if records.is_finished(run_dir) and not force:
-        mismatch = config_mismatch(row, run_dir)
-        if mismatch:
-            return "fail", (f"{run_dir} holds a finished run written by another config "
-                            f"({mismatch}); not overwritten: use --force to re-run it"), {}
-        try:
-            records.read_run(run_dir)         # every record checked: a bad one is not "done"
-        except records.CorruptRecord as exc:
-            return "corrupt", (f"{exc}; not overwritten: fix or remove the file, or use --force "
-                               f"to re-run it"), {}
-        return "skip", "", {}
-    if force or (run_dir / records.CONFIG).exists():
-        # a forced re-run, or a retry of an unfinished run: start again from scratch
-        return "run", "", {"overwrite": True}
-    return "run", "", {}
-
-
-def run_row(row: Row, *, root: Path, notebook: Path, extra: dict[str, Any],
-            timeout: float | None = None, jobs: int = 1) -> Outcome:
-    """Execute ``row.ipynb`` for one run; the run is done when ``result.json`` exists."""
-    run_dir = row.run_dir(root)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    parameters = row.parameters(root, **extra)
-    parameters["save_dir"] = str(run_dir.resolve())
-    start = time.monotonic()
-    ok, error = execute_notebook(notebook, run_dir / ROW_NOTEBOOK, parameters,
-                                 log_path=run_dir / PAPERMILL_LOG, timeout=timeout, jobs=jobs)
-    seconds = time.monotonic() - start
-    if ok and not records.is_finished(run_dir):
-        ok, error = False, f"the notebook finished but {run_dir / records.RESULT} was not written"
-    return Outcome(row, "done" if ok else "failed", seconds, error)
+from maxq import records, slurm_options
+from maxq.errors import StudyError, StudyOptionsError
+from maxq.executors import EXECUTORS, Batch, executor_class, print_status
+# the notebook and run-one-row pieces, importable from here as before the split
+from maxq.notebook_exec import (PACKAGE_ROOT, PAPERMILL_LOG, REPORT_NOTEBOOK,  # noqa: F401
+                                ROW_NOTEBOOK, STOP, NotebookError, _kernel_env,
+                                execute_notebook, html_exporter, notebook_parameters,
+                                notebook_path, one_line)
+from maxq.rowrun import (Outcome, StatusTable, check_row_notebook,  # noqa: F401
+                         config_mismatch, plan_row, run_row)
+from maxq.studies import (Row, Study, load_study, option_errors, parse_shard,  # noqa: F401
+                          report_dir, reports_root, resolve, runs_root, status_path)
 
 
 # ----------------------------------------------------------------------------- the batch
@@ -389,8 +84,8 @@ def _stop_on_signals():
         return lambda: None
 
     def handler(signum, _frame):
-        if not _STOP.is_set():
-            _STOP.set()
+        if not STOP.is_set():
+            STOP.set()
             raise Interrupted(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
@@ -430,10 +125,7 @@ def _one_batch_per_study(run: Callable[..., "BatchResult"]) -> Callable[..., "Ba
     def wrapper(study, **kwargs):
         if kwargs.get("dry_run"):
             return run(study, **kwargs)
-        spec = load_study(study)             # bad input is refused before the lock is taken
-        check_batch_numbers(kwargs.get("jobs", 1), kwargs.get("timeout"))
-        resolve(spec, rows=kwargs.get("rows"), shard=kwargs.get("shard"),
-                options=kwargs.get("options"))
+        spec = check_input(study, **kwargs)[0]   # bad input is refused before the lock is taken
         lock = study_lock(spec.name, kwargs.get("runs"), kwargs.get("shard"))
         created = not lock.directory.exists()
         try:
@@ -443,7 +135,7 @@ def _one_batch_per_study(run: Callable[..., "BatchResult"]) -> Callable[..., "Ba
                     return run(study, **kwargs)
                 finally:
                     restore()
-                    _STOP.clear()
+                    STOP.clear()
         finally:
             if created:
                 try:
@@ -452,6 +144,28 @@ def _one_batch_per_study(run: Callable[..., "BatchResult"]) -> Callable[..., "Ba
                     pass
 
     return wrapper
+
+
+
+def check_input(study: "str | os.PathLike | Study", *, rows: str | None = None,
+                shard: str | None = None, options: dict[str, Any] | None = None,
+                executor: str = "threads", slurm: dict[str, Any] | None = None, jobs: int = 1,
+                timeout: float | None = None, dry_run: bool = False, **_: Any):
+    """Everything a batch is given, checked before anything is written or launched: the study,
+    its training options (every problem of every row: :class:`StudyOptionsError`), the filter,
+    shard, executor, SLURM options and (unless ``dry_run``) ``jobs``, ``timeout`` and whether
+    the executor can run here. Returns ``(study, runs, executor class, SLURM options)``."""
+    spec = load_study(study)
+    selected = resolve(spec, rows=rows, shard=shard, options=options)
+    errors = option_errors(spec, options)
+    if errors:
+        raise StudyOptionsError(errors)
+    cls = executor_class(executor)
+    job_options = slurm_options.options_from(spec.slurm, **(slurm or {}))
+    if not dry_run:
+        check_batch_numbers(jobs, timeout)
+        cls.check()
+    return spec, selected, cls, job_options
 
 
 @_one_batch_per_study
@@ -464,58 +178,85 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
               executor: str = "threads", slurm: dict[str, Any] | None = None) -> BatchResult:
     """Run (or, with ``dry_run``, list) the runs of a study; then render its report.
 
-    ``executor``: ``threads`` (papermill kernels on local threads) or ``submitit-local`` /
-    ``slurm`` (one submitit job per run, see :mod:`maxq.executors`; ``slurm`` overrides the
-    study's ``[slurm]`` table).
+    ``executor``: a name of :data:`maxq.executors.EXECUTORS` (``threads``: papermill kernels on
+    local threads; ``submitit-local`` / ``slurm``: one submitit job per run); ``slurm``: the
+    ``--slurm-*`` values, over the study's ``[slurm]`` table.
 
-    Raises :class:`StudyError` for an unknown study, filter or shard (nothing is run). Every
-    other problem is per run: recorded in ``status.csv``, printed, and the batch goes on."""
-    spec = load_study(study)
-    selected = resolve(spec, rows=rows, shard=shard, options=options)
+    Raises :class:`StudyError` for an unknown study, filter, shard or executor, and
+    :class:`StudyOptionsError` for training options the config refuses (nothing is run or
+    written). Every other problem is per run: recorded in ``status.csv``, printed, and the
+    batch goes on."""
+    spec, selected, cls, job_options = check_input(
+        study, rows=rows, shard=shard, options=options, executor=executor, slurm=slurm,
+        jobs=jobs, timeout=timeout, dry_run=dry_run)
     root = runs_root(runs)
     table = status_path(spec.name, root)
-    job_options = None
-    if executor != "threads":
-        from maxq import executors   # executors import batch: a real cycle
-
-        if executor not in executors.EXECUTORS:
-            raise StudyError(f"unknown --executor {executor!r}; choose one of "
-                             f"{', '.join(executors.EXECUTORS)}")
-        job_options = executors.options_from(spec.slurm, **(slurm or {}))
     if dry_run:
-        echo(format_rows(selected, root))
-        echo(f"{len(selected)} run(s) of study {spec.name!r} ({spec.path}); "
-             f"run directories under {root / spec.name}")
-        shared = [r for r in selected if r.home]
-        if shared:
-            echo(f"{len(shared)} of them shared with {', '.join(sorted({r.home for r in shared}))}"
-                 f" (same options, option by option): their run directories are that study's, "
-                 f"trained once")
-        if executor == "slurm":
-            echo(f"each run is one SLURM job ({executors.describe(job_options)}); its sbatch "
-                 f"file:\n" + executors.sbatch_script(
-                     job_options, executors.jobs_folder(spec.name, root), f"maxq-{spec.name}"))
+        _dry_run(spec, selected, root, cls.preview(spec.name, root, job_options), echo)
         return BatchResult(spec.name, selected, [], table)
-    check_batch_numbers(jobs, timeout)
     nb_path = Path(notebook) if notebook else (
         (spec.path.parent / spec.notebook) if spec.notebook else notebook_path(ROW_NOTEBOOK))
     status = StatusTable(spec.name, root)
-    outcomes: list[Outcome] = []
     try:
-        allowed: set[str] | None = set(notebook_parameters(nb_path))
+        check_row_notebook(nb_path)
     except NotebookError as exc:
-        for row in selected:
-            outcomes.append(Outcome(row, "failed", 0.0, str(exc)))
-            status.update(row.id, state="failed", seconds=0.0, error=_one_line(str(exc)),
-                          run_dir=row.run_dir(root), notebook=nb_path, method=row.method,
-                          seed=row.seed)
-        echo(f"maxq batch: {exc}")
-        echo(f"maxq batch: {len(selected)} run(s) marked failed in {table}")
-        return BatchResult(spec.name, selected, outcomes, table)
+        return _notebook_unusable(spec, selected, status, root, nb_path, exc, echo)
+    outcomes, todo = _queue(selected, status, root, force, cls.queued, echo)
+    skipped = sum(o.state == "skipped" for o in outcomes)
+    echo(f"maxq batch: study {spec.name!r}: {len(selected)} run(s): {len(todo)} to run, "
+         f"{skipped} already finished, {len(outcomes) - skipped} refused; "
+         f"{jobs} at a time; status in {table}")
+    bar = _progress_bar(len(todo), spec.name, progress)
+    try:
+        outcomes.extend(cls(Batch(spec.name, root, nb_path, status, job_options, jobs, timeout,
+                                  echo, bar)).run(todo))
+    finally:
+        bar.close()
+    outcomes.sort(key=lambda o: o.row.index)
+    result = BatchResult(spec.name, selected, outcomes, table)
+    _summarise(result, echo)
+    if report:
+        _report(result, spec, root, reports, timeout, echo)
+    return result
 
+
+def _dry_run(spec: Study, selected: list[Row], root: Path, preview: str,
+             echo: Callable[[str], None]) -> None:
+    echo(format_rows(selected, root))
+    echo(f"{len(selected)} run(s) of study {spec.name!r} ({spec.path}); "
+         f"run directories under {root / spec.name}")
+    shared = [r for r in selected if r.home]
+    if shared:
+        echo(f"{len(shared)} of them shared with {', '.join(sorted({r.home for r in shared}))}"
+             f" (same options, option by option): their run directories are that study's, "
+             f"trained once")
+    if preview:
+        echo(preview)
+
+
+def _notebook_unusable(spec: Study, selected: list[Row], status: StatusTable, root: Path,
+                       nb_path: Path, exc: NotebookError,
+                       echo: Callable[[str], None]) -> BatchResult:
+    """Every run failed with the notebook's problem (recorded, as a failed run is)."""
+    outcomes = []
+    for row in selected:
+        outcomes.append(Outcome(row, "failed", 0.0, str(exc)))
+        status.update(row.id, state="failed", seconds=0.0, error=one_line(str(exc)),
+                      run_dir=row.run_dir(root), notebook=nb_path, method=row.method,
+                      seed=row.seed)
+    echo(f"maxq batch: {exc}")
+    echo(f"maxq batch: {len(selected)} run(s) marked failed in {status.path}")
+    return BatchResult(spec.name, selected, outcomes, status.path)
+
+
+def _queue(selected: list[Row], status: StatusTable, root: Path, force: bool,
+           queued: dict[str, str], echo: Callable[[str], None]):
+    """Each run skipped (finished), refused (another config's, corrupt) or queued; returns
+    ``(outcomes of the ones not run, [(row, extra options)] to run)``."""
+    outcomes: list[Outcome] = []
     todo: list[tuple[Row, dict]] = []
     for row in selected:
-        action, message, extra = _prepare(row, root, force, allowed)
+        action, message, extra = plan_row(row, root, force)
         common = dict(run_dir=row.run_dir(root), method=row.method, seed=row.seed)
         if action == "skip":
             previous = status.lines.get(row.id, {})
@@ -525,96 +266,39 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
             outcomes.append(Outcome(row, "skipped"))
         elif action in ("fail", "corrupt"):
             state = "failed" if action == "fail" else "corrupt"
-            status.update(row.id, state=state, seconds=0.0, error=_one_line(message),
+            status.update(row.id, state=state, seconds=0.0, error=one_line(message),
                           notebook="", **common)
             outcomes.append(Outcome(row, state, 0.0, message))
             echo(f"maxq batch: {row.id}: {state.upper()}: {message}")
         else:
             status.update(row.id, state="pending", seconds="", error="",
-                          notebook=row.run_dir(root) / ROW_NOTEBOOK, **common,
-                          **(dict(executor="threads", job_id="", job_state="")
-                             if executor == "threads" else {}))  # submitit: set on submission
+                          notebook=row.run_dir(root) / ROW_NOTEBOOK, **common, **queued)
             todo.append((row, extra))
-    skipped = sum(o.state == "skipped" for o in outcomes)
-    echo(f"maxq batch: study {spec.name!r}: {len(selected)} run(s): {len(todo)} to run, "
-         f"{skipped} already finished, {len(outcomes) - skipped} refused; "
-         f"{jobs} at a time; status in {table}")
+    return outcomes, todo
 
-    bar = _progress_bar(len(todo), spec.name, progress)
-    if executor != "threads":
-        # submitit: one job per run (maxq/executors.py); nothing is left for the threads below
-        try:
-            outcomes.extend(executors.run_jobs(
-                executor, todo, study=spec.name, status=status, root=root, notebook=nb_path,
-                options=job_options, jobs=jobs, timeout=timeout, echo=echo, bar=bar))
-        except BaseException:
-            bar.close()
-            raise
-        todo = []
 
-    def work(item: tuple[Row, dict]) -> Outcome:
-        row, extra = item
-        if _STOP.is_set():
-            return Outcome(row, "pending")
-        line = status.lines.get(row.id, {})
-        attempts = int(line.get("attempts") or 0) + 1
-        status.update(row.id, state="running", attempts=attempts)
-        try:
-            outcome = run_row(row, root=root, notebook=nb_path, extra=extra, timeout=timeout,
-                              jobs=jobs)
-        except Exception as exc:  # noqa: BLE001 - a runner bug must not stop other rows
-            outcome = Outcome(row, "failed", 0.0, f"{type(exc).__name__}: {exc}")
-        if _STOP.is_set() and outcome.state == "failed":
-            outcome.state, outcome.error = "interrupted", "interrupted"
-        status.update(row.id, state=outcome.state, seconds=outcome.seconds,
-                      error=_one_line(outcome.error))
-        message = f"{row.id}: {outcome.state} in {outcome.seconds:.0f} s"
-        if outcome.error:
-            message += f": {_one_line(outcome.error, 300)}"
-        bar.write(message)
-        bar.update(1)
-        return outcome
-
-    pool = ThreadPoolExecutor(max_workers=jobs)
-    try:
-        outcomes.extend(pool.map(work, todo))
-        pool.shutdown(wait=True)
-    except KeyboardInterrupt:
-        # Ctrl-C, SIGTERM, SIGHUP: stop launching, end the running kernels (they are in their
-        # own sessions), record the runs as interrupted (retried next time), leave the others
-        # pending
-        _STOP.set()
-        _kill_active()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for row, _ in todo:
-            if status.lines.get(row.id, {}).get("state") == "running":
-                status.update(row.id, state="interrupted", error="interrupted")
-        echo(f"maxq batch: interrupted; status in {table}")
-        raise
-    finally:
-        _STOP.clear()
-        bar.close()
-    outcomes.sort(key=lambda o: o.row.index)
-    failed = [o for o in outcomes if o.state in ("failed", "corrupt")]
+def _summarise(result: BatchResult, echo: Callable[[str], None]) -> None:
+    outcomes, failed = result.outcomes, result.failed
     echo(f"maxq batch: {sum(o.state == 'done' for o in outcomes)} done, "
          f"{sum(o.state == 'skipped' for o in outcomes)} skipped, {len(failed)} failed "
-         f"(status: {table})")
+         f"(status: {result.status_path})")
     for o in failed:
-        echo(f"  {o.state.upper()} {o.row.id}: {_one_line(o.error, 300)}")
-    result = BatchResult(spec.name, selected, outcomes, table)
-    if report:
-        echo(f"maxq batch: rendering the report of study {spec.name!r} ...")
-        try:
-            ok, error, html = render_report(spec, runs=root, reports=reports, timeout=timeout)
-        except StudyError as exc:          # refused (no finished run, fewer than committed)
-            ok, error, html = False, str(exc), report_dir(spec.name, reports) / "report.html"
-        result.report = html
-        if ok:
-            echo(f"maxq batch: report: {html}")
-        else:
-            result.report_error = error
-            echo(f"maxq batch: the report failed: {error}")
-    return result
+        echo(f"  {o.state.upper()} {o.row.id}: {one_line(o.error, 300)}")
+
+
+def _report(result: BatchResult, spec: Study, root: Path, reports: str | os.PathLike | None,
+            timeout: float | None, echo: Callable[[str], None]) -> None:
+    echo(f"maxq batch: rendering the report of study {spec.name!r} ...")
+    try:
+        ok, error, html = render_report(spec, runs=root, reports=reports, timeout=timeout)
+    except StudyError as exc:          # refused (no finished run, fewer than committed)
+        ok, error, html = False, str(exc), report_dir(spec.name, reports) / "report.html"
+    result.report = html
+    if ok:
+        echo(f"maxq batch: report: {html}")
+    else:
+        result.report_error = error
+        echo(f"maxq batch: the report failed: {error}")
 
 
 def _progress_bar(total: int, name: str, enabled: bool):
@@ -709,7 +393,7 @@ def _check_rendered(folder: Path, html: bool) -> tuple[bool, str]:
     try:
         nbformat.read(str(folder / REPORT_NOTEBOOK), as_version=4)
     except Exception as exc:  # noqa: BLE001 - a truncated or garbled notebook: not swapped in
-        return False, f"the rendered {REPORT_NOTEBOOK} does not read back: {_one_line(exc, 200)}"
+        return False, f"the rendered {REPORT_NOTEBOOK} does not read back: {one_line(exc, 200)}"
     if html and not (folder / "report.html").is_file():
         return False, "report.html was not written"
     return True, ""
@@ -746,29 +430,6 @@ def _swap_in(new: Path, target: Path, stage: Path) -> None:
         if had_old:
             os.rename(old, target)
         raise
-
-
-def html_exporter():
-    """nbconvert's HTML exporter with the raw HTML of Markdown (cells and outputs) escaped: text
-    from study files (``[study] description``, labels, claims) is shown, never run."""
-    import nbconvert
-    from jinja2 import pass_context
-    from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
-
-    class EscapingHTMLExporter(nbconvert.HTMLExporter):
-        @pass_context
-        def markdown2html(self, context, source):
-            cell = context.get("cell", {})
-            renderer = IPythonRenderer(
-                escape=True, attachments=cell.get("attachments", {}),
-                embed_images=self.embed_images,
-                path=context.get("resources", {}).get("metadata", {}).get("path", ""),
-                anchor_link_text=self.anchor_link_text,
-                exclude_anchor_links=self.exclude_anchor_links, **self.lexer_options)
-            return MarkdownWithMath(renderer=renderer).render(source)
-
-    return EscapingHTMLExporter(exclude_input=True, exclude_input_prompt=True,
-                                exclude_output_prompt=True)
 
 
 # ----------------------------------------------------------------------------- command line
@@ -815,38 +476,18 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status", action="store_true",
                         help="print the runs' status table (refreshed from the run directories "
                              "and SLURM) and stop; nothing is launched")
-    parser.add_argument("--executor", default="threads",
-                        choices=("threads", "submitit-local", "slurm"),
+    parser.add_argument("--executor", default="threads", choices=tuple(EXECUTORS),
                         help="threads: papermill kernels here (--jobs at a time); slurm: one "
                              "SLURM job per run through submitit; submitit-local: the same jobs "
                              "as local processes (--jobs at a time)")
-    slurm = parser.add_argument_group(
-        "SLURM (--executor slurm; also a [slurm] table of the study file, which these override)")
-    slurm.add_argument("--slurm-partition", default=None, metavar="NAME")
-    slurm.add_argument("--slurm-gpus-per-run", type=int, default=None, metavar="K",
-                       help="GPUs per run, one task (process) each (default 1)")
-    slurm.add_argument("--slurm-nodes", type=int, default=None, metavar="K",
-                       help="nodes per run; the GPUs are split evenly (default 1)")
-    slurm.add_argument("--slurm-time", default=None, metavar="LIMIT",
-                       help="time limit per job (minutes, HH:MM:SS or D-HH:MM:SS; default 24 h); "
-                            "a job at its limit or preempted is requeued and resumes")
-    slurm.add_argument("--slurm-account", default=None, metavar="NAME")
-    slurm.add_argument("--slurm-qos", default=None, metavar="NAME")
-    slurm.add_argument("--slurm-constraint", default=None, metavar="EXPR")
-    slurm.add_argument("--slurm-cpus-per-task", type=int, default=None, metavar="K",
-                       help="CPU cores per task (per GPU; default 10)")
+    slurm_options.add_arguments(parser)
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
     """``maxq batch``: 0 when every run is done or skipped, 1 when some failed, 2 on bad input."""
-    slurm = {name: getattr(args, f"slurm_{name}", None) for name in (
-        "partition", "gpus_per_run", "nodes", "time", "account", "qos", "constraint",
-        "cpus_per_task")}
     try:
         if getattr(args, "status", False):
-            from maxq import executors   # executors import batch: a real cycle
-
-            executors.print_status(args.study, root=args.runs_root, rows=args.rows,
+            print_status(args.study, root=args.runs_root, rows=args.rows,
                                    shard=args.shard)
             return 0
         result = run_batch(args.study, rows=args.rows, shard=args.shard, jobs=args.jobs,
@@ -854,7 +495,12 @@ def run_batch_command(args: argparse.Namespace) -> int:
                            reports=args.reports_root, notebook=args.notebook,
                            report=not args.no_report, options=_parse_options(args.option),
                            timeout=args.timeout, progress=not args.no_progress,
-                           executor=getattr(args, "executor", "threads"), slurm=slurm)
+                           executor=getattr(args, "executor", "threads"),
+                           slurm=slurm_options.flag_values(args))
+    except StudyOptionsError as exc:           # every bad option, one line each
+        for line in exc.errors:
+            print(f"maxq batch: error: {line}", file=sys.stderr)
+        return 2
     except (StudyError, records.RunDirBusy) as exc:
         print(f"maxq batch: error: {exc}", file=sys.stderr)
         return 2
@@ -898,8 +544,6 @@ def run_report_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--execute-notebook"] and len(argv) == 2:
-        return _execute_main(argv[1])
     parser = argparse.ArgumentParser(prog="python -m maxq.batch",
                                      description="run a study (same as `maxq batch`)")
     add_batch_arguments(parser)

@@ -11,8 +11,10 @@ needs to know about it, so that nothing is written twice:
   ``maxq batch`` ignores those and a few more (:data:`ROW_CHECK_IGNORED`) when it checks that a
   finished run directory belongs to a study row.
 
-The notebook ``notebooks/row.ipynb`` names every field in its parameters cell and builds the
-config with :meth:`TrainConfig.from_parameters` (one line); a run directory's options are read
+The notebook ``notebooks/row.ipynb`` receives a run's options as one ``config`` mapping and
+builds the config with ``TrainConfig(**config)`` (a new field needs no notebook edit); a study's
+options are checked field by field before a batch launches (:func:`option_problems`, from the
+same metadata: type from the annotation, choices, range); a run directory's options are read
 back with :func:`maxq.records.read_config`.
 
 Seed flags keep their names in snake_case (``--no-bn-decay`` is ``no_bn_decay``) and their
@@ -25,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 import os
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -78,27 +82,31 @@ def parse_resume(text: str) -> bool | str:
     return text
 
 
-def _names(module: str, attr: str) -> Callable[[], str]:
-    """The keys of a registry, read when the help is built (the registries import torch)."""
-    def names() -> str:
+def _names(module: str, attr: str) -> Callable[[], tuple[str, ...]]:
+    """The keys of a registry, read when they are asked for (the registries import torch)."""
+    def names() -> tuple[str, ...]:
         import importlib
 
-        return ", ".join(getattr(importlib.import_module(f"maxq.{module}"), attr))
+        return tuple(getattr(importlib.import_module(f"maxq.{module}"), attr))
     return names
 
 
 def option(default: Any, *flags: str, help: str, group: str = KIT_GROUP,  # noqa: A002
            type: Callable | None = None, kind: str = "value", metavar: str | None = None,  # noqa: A002
-           choices: Callable[[], str] | Iterable[str] | None = None,
+           choices: Callable[[], Iterable[str]] | Iterable[str] | None = None,
            fingerprint: bool = True, row_check: bool | None = None,
-           negative: str | None = None) -> Any:
+           negative: str | None = None, minimum: float | None = None,
+           maximum: float | None = None, exclusive: str = "") -> Any:
     """A :class:`TrainConfig` field and everything said about it once.
 
     ``flags``: the option strings (none: derived from the name, ``--increase-end``; a plain
     word: the positional argument). ``kind``: ``value`` (``type`` parses it), ``bool`` (the
     seed's ``--flag True``; the bare flag means True), ``switch`` (``store_true``), ``optional``
     (the bare flag means True, or ``type`` parses a value: ``--resume [CHECKPOINT]``).
-    ``choices``: names listed in the help where it says ``{choices}`` (a function: read late).
+    ``choices``: the accepted values, listed in the help where it says ``{choices}`` (a
+    function: read late). ``minimum``/``maximum``: the accepted range of a number
+    (``exclusive``: ``"min"``, ``"max"`` or ``"both"`` ends left out); numbers are also held
+    to :data:`UPPER_BOUNDS`. The value's type is the field's annotation.
     ``fingerprint``: the option changes what a run computes (compared on ``--resume``).
     ``row_check``: ``maxq batch`` compares it when it checks that a finished run belongs to a
     study row (default: as ``fingerprint``). ``negative``: a second flag that sets False."""
@@ -106,7 +114,7 @@ def option(default: Any, *flags: str, help: str, group: str = KIT_GROUP,  # noqa
         "flags": flags, "help": help, "group": group, "type": type, "kind": kind,
         "metavar": metavar, "choices": choices, "fingerprint": fingerprint,
         "row_check": fingerprint if row_check is None else row_check,
-        "negative": negative})
+        "negative": negative, "minimum": minimum, "maximum": maximum, "exclusive": exclusive})
 
 
 # ============================================================================ the fields
@@ -133,75 +141,82 @@ class TrainConfig:
     set: str = option("ImageNet", "--set", group=SEED_GROUP, choices=_names("data", "DATASETS"),
                       help="dataset; one of {choices}")
     image_size: int | None = option(
-        None, type=int, help="training image size (default: the set's, 224 for ImageNet)")
-    train_subset: int | None = option(None, type=int, metavar="K",
+        None, type=int, minimum=8,
+        help="training image size (default: the set's, 224 for ImageNet)")
+    train_subset: int | None = option(None, type=int, metavar="K", minimum=1,
                                       help="train on a class-balanced subset of K images")
-    val_subset: int | None = option(None, type=int, metavar="K",
+    val_subset: int | None = option(None, type=int, metavar="K", minimum=1,
                                     help="evaluate on a fixed class-balanced subset of K images")
     workers: int = option(4, "-j", "--workers", group=SEED_GROUP, type=int, fingerprint=False,
+                          minimum=0,
                           help="data loading workers (DALI threads for ImageNetDali)")
-    lighting: str = option("authors", help="colour augmentation of the ImageNet sets: authors "
-                                           "(their ColorAugmentation), pca (AlexNet PCA "
-                                           "lighting) or none")
+    lighting: str = option("authors", choices=_names("data", "LIGHTINGS"),
+                           help="colour augmentation of the ImageNet sets: authors (their "
+                                "ColorAugmentation), pca (AlexNet PCA lighting) or none")
     # model and method
     arch: str = option("resnet18", "-a", "--arch", group=SEED_GROUP,
                        choices=_names("models", "ARCHS"), help="model; one of {choices}")
     small_input: bool | None = option(
         None, kind="bool", help="CIFAR-style stem (stride 1, no max-pool); default: the set's "
                                 "choice")
-    width_mult: float = option(1.0, type=float,
+    width_mult: float = option(1.0, type=float, minimum=0, maximum=4, exclusive="min",
                                help="channel width multiplier of the architecture (1.0: the "
                                     "paper's nets; smaller for CPU proxies)")
     conv_bn_type: str = option("SoftMaxQConv2DBN", "--conv-bn-type", group=SEED_GROUP,
                                choices=_names("methods", "METHODS"),
                                help="method (conv/bn type); one of {choices}")
-    N: int = option(2, "--N", group=SEED_GROUP, type=int, help="N of N:M sparsity")
-    M: int = option(4, "--M", group=SEED_GROUP, type=int, help="M of N:M sparsity")
-    decay: float = option(2e-4, group=SEED_GROUP, type=float, help="SR-STE decay lambda")
+    N: int = option(2, "--N", group=SEED_GROUP, type=int, minimum=1, help="N of N:M sparsity")
+    M: int = option(4, "--M", group=SEED_GROUP, type=int, minimum=1, help="M of N:M sparsity")
+    decay: float = option(2e-4, group=SEED_GROUP, type=float, minimum=0, help="SR-STE decay lambda")
     decay_type: str = option("v1", group=SEED_GROUP, choices=DECAY_TYPES,
                              help="SR-STE decay type; one of {choices} (v2 means no decay in the "
                                   "authors' code: accepted with a warning, = --decay 0)")
     increase_start: int = option(
-        0, "--increase-start", "--decay-start", group=SEED_GROUP, type=int,
+        0, "--increase-start", "--decay-start", group=SEED_GROUP, type=int, minimum=0,
         help="epoch where the share of N:M blocks starts to grow (--decay-start: the authors' "
              "scripts' name)")
     increase_end: int = option(
-        90, "--increase-end", "--decay-end", group=SEED_GROUP, type=int,
+        90, "--increase-end", "--decay-end", group=SEED_GROUP, type=int, minimum=0,
         help="epoch from which every block is N:M (must be <= --epochs; --decay-end: the "
              "authors' scripts' name)")
-    tau: float = option(0.01, group=SEED_GROUP, type=float,
+    tau: float = option(0.01, group=SEED_GROUP, type=float, minimum=0, exclusive="min",
                         help="temperature of MaxQ's soft queries")
     prune_schedule: str = option("linear", group=SEED_GROUP,
                                  choices=_names("schedules", "SCHEDULES"),
                                  help="incremental schedule; one of {choices}")
-    mask_interval: int = option(1, type=int, metavar="K",
+    mask_interval: int = option(1, type=int, metavar="K", minimum=1,
                                 help="recompute the masks every K-th training step and keep "
                                      "them in between (1, the paper's setting: every step)")
     # optimisation
-    epochs: int = option(120, group=SEED_GROUP, type=int, help="training epochs")
-    batch_size: int = option(256, "-b", "--batch-size", group=SEED_GROUP, type=int,
+    epochs: int = option(120, group=SEED_GROUP, type=int, minimum=1, help="training epochs")
+    batch_size: int = option(256, "-b", "--batch-size", group=SEED_GROUP, type=int, minimum=1,
                              help="GLOBAL batch size (each of K torchrun processes takes 1/K "
                                   "of it)")
     lr: float = option(0.1, "--lr", "--learning-rate", group=SEED_GROUP, type=float,
+                       minimum=0, exclusive="min",
                        help="base learning rate")
-    lr_policy: str = option("cosine", help="learning-rate schedule, updated once per epoch: "
-                                           "cosine or step (x0.1 every 30 epochs)")
-    warmup_length: int = option(0, group=SEED_GROUP, type=int,
+    lr_policy: str = option("cosine", choices=_names("schedules", "LR_SCHEDULES"),
+                            help="learning-rate schedule, updated once per epoch: cosine or "
+                                 "step (x0.1 every 30 epochs)")
+    warmup_length: int = option(0, group=SEED_GROUP, type=int, minimum=0,
                                 help="epochs of linear learning-rate warm-up")
-    momentum: float = option(0.9, group=SEED_GROUP, type=float, help="SGD momentum")
+    momentum: float = option(0.9, group=SEED_GROUP, type=float, minimum=0, maximum=1,
+                             exclusive="max", help="SGD momentum")
     nesterov: bool = option(False, group=SEED_GROUP, kind="bool", help="Nesterov momentum")
     weight_decay: float = option(1e-4, "--weight-decay", "--wd", group=SEED_GROUP, type=float,
+                                 minimum=0,
                                  help="SGD weight decay")
     no_bn_decay: bool | None = option(
         None, group=SEED_GROUP, kind="bool",
         help="no weight decay on BatchNorm and bias parameters (default: True for ImageNet "
              "sets, as the authors' scripts, False otherwise)")
     label_smoothing: float | None = option(
-        None, type=float, help="label smoothing (default: 0.1 for ImageNet sets, 0 otherwise)")
-    seed: int = option(0, group=SEED_GROUP, type=int,
+        None, type=float, minimum=0, maximum=1, exclusive="max",
+        help="label smoothing (default: 0.1 for ImageNet sets, 0 otherwise)")
+    seed: int = option(0, group=SEED_GROUP, type=int, minimum=0,
                        help="seed of initialisation, data order, augmentation")
     recalibrate_bn: int = option(
-        0, type=int, metavar="K",
+        0, type=int, metavar="K", minimum=0,
         help="recompute BatchNorm running statistics from K training batches before every "
              "evaluation (0: off, the authors' recipe); for nets whose BN momentum is too slow "
              "for short runs, e.g. MobileNetV3 (0.01)")
@@ -249,7 +264,7 @@ class TrainConfig:
         help="save masks every K-th epoch (default 1: every epoch; about 1 byte per sparse "
              "weight per saved epoch), or at the listed epochs (counted from 0; '5,' is "
              "epoch 5 alone); the first and last epoch always")
-    print_freq: int = option(100, "-p", "--print-freq", group=SEED_GROUP, type=int,
+    print_freq: int = option(100, "-p", "--print-freq", group=SEED_GROUP, type=int, minimum=1,
                              fingerprint=False,
                              help="log a 'Prec@1 ... Prec@5 ...' line every this many batches")
     progress: bool | None = option(None, kind="bool", fingerprint=False, negative="--no-progress",
@@ -272,45 +287,25 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> "TrainConfig":
-        """Raise ``ValueError`` with one line for the first problem; return ``self``."""
+        """Raise ``ValueError`` with one line for the first problem; return ``self``. Each
+        option is checked against its own definition (:func:`option_problem`: type, choices,
+        range), then the options against each other."""
+        for f in dataclasses.fields(self):
+            problem = option_problem(f.name, getattr(self, f.name))
+            if problem:
+                raise ValueError(problem)
+        return self._check_together()
+
+    def _check_together(self) -> "TrainConfig":
+        """The checks that involve several options, the file system or the machine."""
         import torch
 
-        from maxq import data as maxq_data, methods, models, schedules
+        from maxq import methods
 
         def need(ok: bool, message: str) -> None:
             if not ok:
                 raise ValueError(message)
 
-        def is_int(v: Any) -> bool:
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        need(self.set in maxq_data.DATASETS,
-             f"unknown --set {self.set!r}; choose one of {', '.join(maxq_data.DATASETS)}")
-        need(self.arch in models.ARCHS,
-             f"unknown --arch {self.arch!r}; choose one of {', '.join(models.ARCHS)}")
-        need(self.conv_bn_type in methods.METHODS,
-             f"unknown --conv-bn-type {self.conv_bn_type!r}; choose one of "
-             f"{', '.join(methods.METHODS)}")
-        need(self.prune_schedule in schedules.SCHEDULES,
-             f"unknown --prune-schedule {self.prune_schedule!r}; choose one of "
-             f"{', '.join(schedules.SCHEDULES)}")
-        for name, value, choices in (("--decay-type", self.decay_type, DECAY_TYPES),
-                                     ("--lr-policy", self.lr_policy, schedules.LR_SCHEDULES),
-                                     ("--device", self.device, DEVICES),
-                                     ("--amp", self.amp, AMP_MODES)):
-            need(value in choices, f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
-        need(self.lighting in maxq_data.LIGHTINGS,
-             f"unknown --lighting {self.lighting!r}; choose one of "
-             f"{', '.join(maxq_data.LIGHTINGS)}")
-        for name in ("N", "M", "epochs", "batch_size", "print_freq", "mask_interval"):
-            value = getattr(self, name)
-            need(is_int(value) and value >= 1, f"--{name.replace('_', '-')} must be an integer "
-                                               f">= 1; got {value!r}")
-        for name in ("workers", "increase_start", "increase_end", "warmup_length", "seed",
-                     "recalibrate_bn"):
-            value = getattr(self, name)
-            need(is_int(value) and value >= 0, f"--{name.replace('_', '-')} must be an integer "
-                                               f">= 0; got {value!r}")
         need(self.N <= self.M, f"N must be <= M; got --N {self.N} --M {self.M}")
         need(self.increase_start <= self.increase_end,
              f"--increase-start ({self.increase_start}) must be <= --increase-end "
@@ -321,36 +316,8 @@ class TrainConfig:
                  f"the incremental method {self.conv_bn_type}")
         need(self.warmup_length <= self.epochs,
              f"--warmup-length ({self.warmup_length}) must be <= --epochs ({self.epochs})")
-        for name in ("lr", "tau", "decay", "weight_decay", "momentum", "label_smoothing"):
-            value = getattr(self, name)       # inf passes "> 0"; nan would fail it unclearly
-            need(not _is_number(value) or math.isfinite(value),
-                 f"--{name.replace('_', '-')} must be a finite number; got {value!r}")
-        for name, lo in (("lr", 0.0), ("tau", 0.0)):
-            value = getattr(self, name)
-            need(_is_number(value) and value > lo, f"--{name} must be > {lo:g}; got {value!r}")
-        for name in ("decay", "weight_decay"):
-            value = getattr(self, name)
-            need(_is_number(value) and value >= 0,
-                 f"--{name.replace('_', '-')} must be >= 0; got {value!r}")
-        need(_is_number(self.momentum) and 0 <= self.momentum < 1,
-             f"--momentum must be in [0, 1); got {self.momentum!r}")
         need(not (self.nesterov and self.momentum == 0), "--nesterov True needs --momentum > 0")
-        need(_is_number(self.width_mult) and 0 < self.width_mult <= 4,
-             f"--width-mult must be in (0, 4]; got {self.width_mult!r}")
-        need(self.label_smoothing is None
-             or (_is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1),
-             f"--label-smoothing must be in [0, 1); got {self.label_smoothing!r}")
-        for name, lo in (("train_subset", 1), ("val_subset", 1), ("image_size", 8)):
-            value = getattr(self, name)
-            need(value is None or (is_int(value) and value >= lo),
-                 f"--{name.replace('_', '-')} must be an integer >= {lo}; got {value!r}")
-        for name, hi in UPPER_BOUNDS.items():  # issue 27: no option may ask for the absurd
-            value = getattr(self, name)
-            need(not _is_number(value) or value <= hi,
-                 f"--{name.replace('_', '-')} must be <= {hi:g}; got {value!r}")
         snapshot_epochs(self.snapshot_epochs, self.epochs)  # raises on a bad value
-        need(isinstance(self.resume, (bool, str, os.PathLike)),
-             f"--resume must be a flag or a checkpoint path; got {self.resume!r}")
         if self.data not in (None, ""):
             need(Path(self.data).expanduser().exists(),
                  f"data directory does not exist: {self.data}")
@@ -435,6 +402,102 @@ ROW_CHECK_IGNORED = frozenset(f.name for f in dataclasses.fields(TrainConfig)
                               if not f.metadata["row_check"])
 
 
+# ============================================================================ one option
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+#: each field's accepted types, read from its annotation
+_TYPES = {name: tuple(typing.get_args(hint) or (hint,)) for name, hint in
+          typing.get_type_hints(TrainConfig).items() if name in _FIELDS}
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "True or False", str: "a string",
+               type(None): "None"}
+
+
+def option_flag(name: str) -> str:
+    """How messages name an option: its long flag (``--batch-size``), ``DATA`` for the
+    positional."""
+    names = [n for n in flags(_FIELDS[name]) if n.startswith("--")]
+    return names[0] if names else name.upper()
+
+
+def choices_of(name: str) -> tuple[str, ...] | None:
+    """The values an option accepts when it is one of a list (read from its registry)."""
+    choices = _FIELDS[name].metadata["choices"]
+    return None if choices is None else tuple(choices() if callable(choices) else choices)
+
+
+def _has_type(value: Any, kind: Any) -> bool:
+    if kind is type(None):
+        return value is None
+    if kind is bool:
+        return isinstance(value, (bool, np.bool_))
+    if kind is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if kind is float:
+        return _is_number(value)
+    if kind is str:
+        return isinstance(value, (str, os.PathLike))
+    if typing.get_origin(kind) is list:       # list[int]: the snapshot epochs
+        return isinstance(value, (list, tuple)) and all(_has_type(v, int) for v in value)
+    return isinstance(value, kind)
+
+
+def _range_text(meta: Mapping[str, Any], integer: bool) -> str:
+    lo, hi, open_ends = meta["minimum"], meta["maximum"], meta["exclusive"]
+    if lo is not None and hi is not None:
+        return (f"in {'(' if open_ends in ('min', 'both') else '['}{lo:g}, "
+                f"{hi:g}{')' if open_ends in ('max', 'both') else ']'}")
+    strict = open_ends in ("min", "both")
+    return (f"an integer {'>' if strict else '>='} {lo:g}" if integer
+            else f"{'>' if strict else '>='} {lo:g}")
+
+
+def _in_range(value: float, meta: Mapping[str, Any]) -> bool:
+    lo, hi, open_ends = meta["minimum"], meta["maximum"], meta["exclusive"]
+    if lo is not None and (value <= lo if open_ends in ("min", "both") else value < lo):
+        return False
+    return hi is None or (value < hi if open_ends in ("max", "both") else value <= hi)
+
+
+def option_problem(name: str, value: Any) -> str:
+    """What is wrong with ``value`` for the option ``name`` ('' : nothing), from the option's
+    definition only: its type (the annotation), its choices, its range and upper bound."""
+    meta, kinds = _FIELDS[name].metadata, _TYPES[name]
+    flag, choices = option_flag(name), choices_of(name)
+    if choices is not None and value is not None and value not in choices:
+        return f"unknown {flag} {value!r}; choose one of {', '.join(choices)}"
+    numeric = meta["minimum"] is not None and (int in kinds or float in kinds)
+    if not any(_has_type(value, kind) for kind in kinds):
+        if numeric:
+            return f"{flag} must be {_range_text(meta, float not in kinds)}; got {value!r}"
+        words = " or ".join(_TYPE_WORDS.get(k, "a list of integers") for k in kinds
+                            if k is not type(None))
+        return f"{flag} must be {words}; got {value!r}"
+    if not _is_number(value):
+        return ""
+    if float in kinds and not math.isfinite(value):  # inf passes "> 0"; nan fails unclearly
+        return f"{flag} must be a finite number; got {value!r}"
+    if numeric and not _in_range(value, meta):
+        return f"{flag} must be {_range_text(meta, float not in kinds)}; got {value!r}"
+    if name in UPPER_BOUNDS and value > UPPER_BOUNDS[name]:  # issue 27: nothing absurd
+        return f"{flag} must be <= {UPPER_BOUNDS[name]:g}; got {value!r}"
+    return ""
+
+
+def option_problems(values: Mapping[str, Any]) -> list[str]:
+    """One line per problem of ``values`` (option name -> value, e.g. a study's
+    ``[defaults]``): unknown names (with the closest option) and :func:`option_problem`."""
+    out = []
+    for name, value in values.items():
+        if name not in _FIELDS:
+            hint = difflib.get_close_matches(name, sorted(_FIELDS), n=1)
+            out.append(f"unknown training option {name!r}"
+                       + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        else:
+            problem = option_problem(name, value)
+            if problem:
+                out.append(problem)
+    return out
+
+
 # ============================================================================ command line
 def flags(f: dataclasses.Field) -> tuple[str, ...]:
     """The option strings of a field (``--name-with-dashes`` unless given)."""
@@ -451,7 +514,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         group = groups[meta["group"]]
         choices = meta["choices"]
         if choices is not None:
-            choices = choices() if callable(choices) else ", ".join(choices)
+            choices = ", ".join(choices() if callable(choices) else choices)
         text = meta["help"].replace("{choices}", choices or "")
         names = flags(f)
         kwargs: dict[str, Any] = {"help": text}

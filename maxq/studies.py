@@ -1,6 +1,8 @@
 """Studies as data: the TOML schema, its expansion into runs, filters, shards, and the status
 table's location and reading. Used by the runner (:mod:`maxq.batch`), the executors and the
-results (:mod:`maxq.results`), none of which owns a study's meaning.
+results (:mod:`maxq.results`), none of which owns a study's meaning. :func:`option_errors`
+checks a study's training options against :class:`maxq.config.TrainConfig` before a batch
+launches anything.
 
 A **study** is a data file, ``studies/<name>.toml``::
 
@@ -48,10 +50,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from maxq import paths
+from maxq.errors import StudyError
+from maxq.slurm_options import SlurmOptions
 
-#: the folder holding the ``maxq`` package (the checkout's root, or site-packages when installed;
-#: the kernels' ``PYTHONPATH`` starts with it)
-PACKAGE_ROOT = paths.REPO_ROOT
 STATUS = "status.csv"
 STATUS_COLUMNS = ("row", "state", "seconds", "error", "run_dir", "notebook",
                   "method", "seed", "attempts", "updated",
@@ -70,10 +71,6 @@ _CLAIM_KEYS = {"claim", "paper", "row_a", "method_a", "row_b", "method_b", "marg
 _STUDY_META_KEYS = {"description", "methods", "seeds", "notebook", "method_labels", "focus",
                     "scale_note", "replicates", "share"}
 _ROW_META_KEYS = {"id", "methods", "method", "seeds", "arms", "note"}
-
-
-class StudyError(ValueError):
-    """A study file, a row filter or a shard spec is unusable (nothing was run)."""
 
 
 # ----------------------------------------------------------------------------- locations
@@ -245,8 +242,6 @@ def load_study(study: "str | os.PathLike | Study") -> Study:
         find_study(other)                     # an unknown name fails here, one line
     slurm = data.get("slurm", {})
     if slurm:
-        from maxq.executors import SlurmOptions   # executors import studies: a real cycle
-
         SlurmOptions.from_table(slurm, f"{where} [slurm]")
     return Study(name=name, path=path, description=str(meta.get("description", "")),
                  defaults=defaults, rows=checked, methods=methods, seeds=seeds,
@@ -287,6 +282,37 @@ def _as_tuple(value: Any, kind: type, where: str) -> tuple:
     if not values or not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
         raise StudyError(f"{where} must be a non-empty list of {kind.__name__}; got {value!r}")
     return tuple(values)
+
+
+def option_errors(study: "str | os.PathLike | Study",
+                  options: dict[str, Any] | None = None) -> list[str]:
+    """Every training option of the study (``[defaults]``, each row, its methods and seeds)
+    and of ``options`` (``--option``) checked against the option's definition in
+    :class:`maxq.config.TrainConfig` (name, type, choices, range): one line per problem, each
+    naming the study file and the row ([] : none)."""
+    from maxq import config                  # the registries behind the choices import torch
+
+    study = load_study(study)
+    tables = [(f"{study.path} [defaults]", dict(study.defaults)),
+              (f"{study.path} [study]", {"conv_bn_type": list(study.methods),
+                                         "seed": list(study.seeds)})]
+    for row in study.rows:
+        own = {k: v for k, v in row.items() if k not in _ROW_META_KEYS
+               and not k.startswith("paper_")}
+        if "method" in row or "methods" in row:
+            own["conv_bn_type"] = row.get("method", row.get("methods"))
+        if "seeds" in row:
+            own["seed"] = row["seeds"]
+        tables.append((f"{study.path} row {row['id']!r}", own))
+    tables.append(("--option", dict(options or {})))
+    errors = []
+    for where, table in tables:
+        for key, value in table.items():
+            values = value if key in ("conv_bn_type", "seed") and isinstance(value, list) \
+                else [value]
+            errors += [f"{where}: {problem}" for v in values
+                       for problem in config.option_problems({key: v})]
+    return errors
 
 
 def run_id(table_row: str, method: str, seed: int) -> str:

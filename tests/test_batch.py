@@ -22,23 +22,42 @@ def test_shipped_notebooks_have_parameters_cells():
         assert batch.notebook_parameters(ROOT / "notebooks" / name)
 
 
-def test_row_notebook_parameters_cover_every_training_option():
-    import ast
-    from dataclasses import fields
+def test_row_notebook_takes_the_options_as_one_config_mapping():
+    """The parameters cell restates no default: one ``config = {}`` (every default), handed to
+    TrainConfig whole, so a new training option needs no notebook edit."""
+    params = batch.notebook_parameters(ROOT / "notebooks" / "row.ipynb")
+    assert params == {"config": "{}"}
+    source = (ROOT / "notebooks" / "row.ipynb").read_text()
+    assert "TrainConfig(**config)" in source
+    batch.check_row_notebook(ROOT / "notebooks" / "row.ipynb")
 
+
+def test_a_row_notebook_without_config_is_refused(tmp_path):
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell("epochs = 1")
+    cell.metadata["tags"] = ["parameters"]
+    path = tmp_path / "old.ipynb"
+    nb = nbformat.v4.new_notebook(cells=[cell])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    nbformat.write(nb, str(path))
+    with pytest.raises(batch.NotebookError, match="does not set 'config'"):
+        batch.check_row_notebook(path)
+
+
+def test_the_row_config_is_what_the_study_says(tmp_path):
+    path = write_study(tmp_path / "tiny.toml", TINY)
+    row = studies.expand(path)[0]
+    from maxq import rowrun
+
+    options = rowrun.row_config(row, tmp_path, {"overwrite": True})
+    assert options["save_dir"] == str(row.run_dir(tmp_path).resolve())
+    assert (options["study"], options["row"], options["seed"]) == ("tiny", row.id, row.seed)
+    assert options["conv_bn_type"] == row.method and options["overwrite"] is True
     from maxq.config import TrainConfig
 
-    params = batch.notebook_parameters(ROOT / "notebooks" / "row.ipynb")
-    assert set(params) == {f.name for f in fields(TrainConfig)}
-    # ... with the config's defaults ...
-    wrong = {f.name: params[f.name] for f in fields(TrainConfig)
-             if ast.literal_eval(params[f.name]) != f.default}
-    assert not wrong, wrong
-    # ... and the notebook hands every one of them to TrainConfig
-    namespace = {name: ast.literal_eval(text) for name, text in params.items()}
-    assert TrainConfig.from_parameters(namespace) == TrainConfig()
-    source = (ROOT / "notebooks" / "row.ipynb").read_text()
-    assert "config = TrainConfig.from_parameters(globals())" in source
+    assert TrainConfig(**options).epochs == row.params["epochs"]
 
 
 def test_notebook_without_parameters_cell(tmp_path):
@@ -100,33 +119,28 @@ def test_finished_runs_are_skipped_and_foreign_ones_refused(tmp_path):
     root = tmp_path / "runs"
     fake_finished_run(runs[0], root)
     fake_finished_run(runs[1], root, epochs=7, device="cuda")   # device is not compared
-    allowed = set(runs[0].params)
-    assert batch._prepare(runs[0], root, False, allowed)[0] == "skip"
-    action, message, _ = batch._prepare(runs[1], root, False, allowed)
+    assert batch.plan_row(runs[0], root, False)[0] == "skip"
+    action, message, _ = batch.plan_row(runs[1], root, False)
     assert action == "fail" and "written by another config" in message and "epochs: 7" in message
     assert "--force" in message
-    assert batch._prepare(runs[1], root, True, allowed) == ("run", "", {"overwrite": True})
-    assert batch._prepare(runs[2], root, False, allowed) == ("run", "", {})
-    action, message, _ = batch._prepare(runs[2], root, False, allowed - {"epochs"})
-    assert action == "fail" and "unknown training option" in message and "'epochs'" in message
+    assert batch.plan_row(runs[1], root, True) == ("run", "", {"overwrite": True})
+    assert batch.plan_row(runs[2], root, False) == ("run", "", {})
 
 
 def test_unfinished_runs_are_restarted(tmp_path):
     path = write_study(tmp_path / "tiny.toml", TINY)
     row = studies.expand(path)[0]
     records.write_json(row.run_dir(tmp_path) / records.CONFIG, {"args": {}})
-    assert batch._prepare(row, tmp_path, False, None) == ("run", "", {"overwrite": True})
+    assert batch.plan_row(row, tmp_path, False) == ("run", "", {"overwrite": True})
 
 
-def test_unknown_option_fails_only_its_row(tmp_path):
+def test_an_unknown_option_is_refused_before_anything_runs(tmp_path):
     text = TINY.replace('seeds = [3]', 'seeds = [3]\nepoch = 2')
     path = write_study(tmp_path / "tiny.toml", text)
-    result = batch.run_batch(path, runs=tmp_path / "runs", rows="mbv1-SoftMaxQConv2DBN-s3",
-                             report=False, progress=False)
-    (outcome,) = result.outcomes
-    assert outcome.state == "failed" and "'epoch' (did you mean 'epochs'?)" in outcome.error
-    line = studies.read_status("tiny", tmp_path / "runs")["mbv1-SoftMaxQConv2DBN-s3"]
-    assert line["state"] == "failed" and "unknown training option" in line["error"]
+    with pytest.raises(studies.StudyError) as info:
+        batch.run_batch(path, runs=tmp_path / "runs", report=False, progress=False)
+    assert "'epoch' (did you mean 'epochs'?)" in str(info.value)
+    assert not (tmp_path / "runs").exists()
 
 
 # ----------------------------------------------------------------------------- command line

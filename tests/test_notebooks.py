@@ -84,7 +84,7 @@ def test_smoke_row_notebooks_ran_in_the_venv_kernel(smoke):
         assert "Executing notebook with kernel: python3" in log
         nb = nbformat.read(str(folder / "row.ipynb"), as_version=4)
         injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-        assert injected and f"row = \"{row.id}\"" in injected[0].source
+        assert injected and f"\"row\": \"{row.id}\"" in injected[0].source
 
 
 def test_smoke_results_table_one_line_per_row(smoke):
