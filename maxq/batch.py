@@ -38,7 +38,8 @@ from tabulate import tabulate
 
 from maxq import records, slurm_options
 from maxq.errors import StudyError, StudyOptionsError
-from maxq.executors import EXECUTORS, Batch, executor_class, print_status
+from maxq.executors import (DEFAULT_EXECUTOR, EXECUTORS, Batch, executor_class,
+                            print_status)
 # the notebook and run-one-row pieces, importable from here as before the split
 from maxq.notebook_exec import (PACKAGE_ROOT, PAPERMILL_LOG, REPORT_NOTEBOOK,  # noqa: F401
                                 ROW_NOTEBOOK, STOP, NotebookError, _kernel_env,
@@ -149,8 +150,8 @@ def _one_batch_per_study(run: Callable[..., "BatchResult"]) -> Callable[..., "Ba
 
 def check_input(study: "str | os.PathLike | Study", *, rows: str | None = None,
                 shard: str | None = None, options: dict[str, Any] | None = None,
-                executor: str = "threads", slurm: dict[str, Any] | None = None, jobs: int = 1,
-                timeout: float | None = None, dry_run: bool = False, **_: Any):
+                executor: str = DEFAULT_EXECUTOR, slurm: dict[str, Any] | None = None,
+                jobs: int = 1, timeout: float | None = None, dry_run: bool = False, **_: Any):
     """Everything a batch is given, checked before anything is written or launched: the study,
     its training options (every problem of every row: :class:`StudyOptionsError`), the filter,
     shard, executor, SLURM options and (unless ``dry_run``) ``jobs``, ``timeout`` and whether
@@ -175,7 +176,7 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
               notebook: str | os.PathLike | None = None, report: bool = True,
               options: dict[str, Any] | None = None, timeout: float | None = None,
               echo: Callable[[str], None] = print, progress: bool = True,
-              executor: str = "threads", slurm: dict[str, Any] | None = None) -> BatchResult:
+              executor: str = DEFAULT_EXECUTOR, slurm: dict[str, Any] | None = None) -> BatchResult:
     """Run (or, with ``dry_run``, list) the runs of a study; then render its report.
 
     ``executor``: a name of :data:`maxq.executors.EXECUTORS` (``threads``: papermill kernels on
@@ -476,7 +477,7 @@ def add_batch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--status", action="store_true",
                         help="print the runs' status table (refreshed from the run directories "
                              "and SLURM) and stop; nothing is launched")
-    parser.add_argument("--executor", default="threads", choices=tuple(EXECUTORS),
+    parser.add_argument("--executor", default=DEFAULT_EXECUTOR, choices=tuple(EXECUTORS),
                         help="threads: papermill kernels here (--jobs at a time); slurm: one "
                              "SLURM job per run through submitit; submitit-local: the same jobs "
                              "as local processes (--jobs at a time)")
@@ -495,7 +496,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
                            reports=args.reports_root, notebook=args.notebook,
                            report=not args.no_report, options=_parse_options(args.option),
                            timeout=args.timeout, progress=not args.no_progress,
-                           executor=getattr(args, "executor", "threads"),
+                           executor=getattr(args, "executor", DEFAULT_EXECUTOR),
                            slurm=slurm_options.flag_values(args))
     except StudyOptionsError as exc:           # every bad option, one line each
         for line in exc.errors:

@@ -100,7 +100,7 @@ class ThreadsExecutor(Executor):
     """papermill kernels on ``jobs`` local threads; Ctrl-C, SIGTERM and SIGHUP stop them."""
 
     name = "threads"
-    queued = {"executor": "threads", "job_id": "", "job_state": ""}
+    queued = {"executor": name, "job_id": "", "job_state": ""}
 
     def run(self, todo: Sequence[tuple[studies.Row, dict]]) -> list[Outcome]:
         b = self.batch
@@ -320,6 +320,7 @@ def _live_slurm_job(line: dict[str, str], folder: Path):
 #: the executors by name: the one place an executor is chosen
 EXECUTORS: dict[str, type[Executor]] = {
     cls.name: cls for cls in (ThreadsExecutor, SubmititLocalExecutor, SlurmExecutor)}
+DEFAULT_EXECUTOR = ThreadsExecutor.name
 
 
 def executor_class(name: str) -> type[Executor]:

@@ -1,10 +1,11 @@
-"""The submitit side of the executors (:mod:`maxq.executors`): a run of a study as a submitit job.
+"""The submitit side of the executors (:mod:`maxq.executors`): a study's run as a submitit job.
 
-The ``submitit-local`` and ``slurm`` executors hand each run to `submitit <https://github.com/facebookincubator/
-submitit>`_, the launcher of torchvision's ``references/classification/run_with_submitit.py``:
+The ``submitit-local`` and ``slurm`` executors hand each run to `submitit
+<https://github.com/facebookincubator/submitit>`_, the launcher of torchvision's
+``references/classification/run_with_submitit.py``:
 
 * ``slurm``: one SLURM job per run (``sbatch`` through submitit), with the options of
-  :class:`SlurmOptions` (``--slurm-*`` flags, or a ``[slurm]`` table of the study file);
+  :class:`maxq.slurm_options.SlurmOptions` (``--slurm-*`` flags, or a ``[slurm]`` table of the study file);
 * ``submitit-local``: submitit's local executor, the same code path minus ``sbatch`` (the job is
   a local controller process with one subprocess per task); the tests use it.
 

@@ -156,9 +156,10 @@ def run_row(row: Row, *, root: str | os.PathLike, notebook: str | os.PathLike,
     run_dir.mkdir(parents=True, exist_ok=True)
     primary = output is None
     start = time.monotonic()
-    ok, error = execute_notebook(
-        notebook, output or run_dir / ROW_NOTEBOOK, {CONFIG_PARAMETER: row_config(row, root, extra)},
-        log_path=log or run_dir / PAPERMILL_LOG, cwd=cwd, timeout=timeout, jobs=jobs)
+    parameters = {CONFIG_PARAMETER: row_config(row, root, extra)}
+    ok, error = execute_notebook(notebook, output or run_dir / ROW_NOTEBOOK, parameters,
+                                 log_path=log or run_dir / PAPERMILL_LOG, cwd=cwd,
+                                 timeout=timeout, jobs=jobs)
     seconds = time.monotonic() - start
     if ok and primary and not records.is_finished(run_dir):
         ok, error = False, f"the notebook finished but {run_dir / records.RESULT} was not written"
