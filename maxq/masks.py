@@ -59,6 +59,11 @@ import math
 
 import torch
 
+# the block layout, counts and dense-block selection live in maxq.mask_blocks (maxq.native's C
+# path uses them too); importable from here as before
+from maxq.mask_blocks import (_apply_dense, _blocks5, _floor, _keep_high, _keep_low,  # noqa: F401
+                              _random_blocks, _select, dense_blocks, query_k)
+
 AXES = ("soft", "hard", "none")
 SELECTIONS = ("smallest", "largest", "random")
 
@@ -106,25 +111,9 @@ def _check(weight, N, M, *, dense_fraction=0.0, tau=0.01, axis="soft", selection
     return df
 
 
-def _floor(x: float) -> int:
-    """floor with a 1e-9 guard against float round-off (0.29 * 100 -> 29)."""
-    return int(math.floor(x + 1e-9))
-
-
-def query_k(L: int, N: int, M: int) -> int:
-    """Number of dropped entries of a query row: k = floor((M - N) · L / M), exact."""
-    return (M - N) * L // M
-
-
 def _magnitudes(weight: torch.Tensor) -> torch.Tensor:
     """A = |W| in float32, contiguous, detached."""
     return weight.detach().abs().to(torch.float32).contiguous()
-
-
-def _blocks5(A: torch.Tensor, M: int) -> torch.Tensor:
-    """View of a contiguous stack A (L, Co, Ci, ...) as (L, Co, Ci/M, M, P): element j of every
-    block is ``[:, :, :, j, :]`` (P = kh·kw, 1 for a linear weight)."""
-    return A.view(A.shape[0], A.shape[1], A.shape[2] // M, M, -1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -194,26 +183,6 @@ def _kth_pair(X: torch.Tensor, k: int):
     return vk, vk1, above, n_above
 
 
-def _keep_high(X, k: int, vk, above=None, n_above=None) -> torch.Tensor:
-    """Bool: the L-k largest entries of every row of X, ties at the boundary: lower index kept
-    (= the first L-k of a stable descending sort)."""
-    if above is None:
-        above = X > vk.unsqueeze(-1)
-        n_above = above.sum(-1)
-    need = (X.shape[-1] - k) - n_above                   # boundary-valued entries still to keep
-    eq = X == vk.unsqueeze(-1)
-    return above | (eq & (eq.cumsum(-1, dtype=torch.int32) <= need.unsqueeze(-1)))
-
-
-def _keep_low(X, k: int, vk) -> torch.Tensor:
-    """Bool: the k smallest entries of every row of X, ties at the boundary: lower index kept
-    (= the first k of a stable ascending sort)."""
-    below = X < vk.unsqueeze(-1)
-    need = k - below.sum(-1)
-    eq = X == vk.unsqueeze(-1)
-    return below | (eq & (eq.cumsum(-1, dtype=torch.int32) <= need.unsqueeze(-1)))
-
-
 def _query(X: torch.Tensor, k: int, tau: float, hard: bool, per_layer: bool) -> torch.Tensor:
     """Q (or H when hard) on the rows of X (L, R, Lrow): ``sigmoid((X - thr) / tau) * H`` with
     the reference's expression; ``per_layer``: that expression once per layer ``X[l]``. The
@@ -256,44 +225,6 @@ def _block_l1(A5: torch.Tensor) -> torch.Tensor:
 def block_l1(A: torch.Tensor, M: int) -> torch.Tensor:
     """Block L1 norms of A = |W| in block order g: float32 a_0 + a_1 + ... left to right."""
     return _block_l1(_blocks5(A.contiguous().unsqueeze(0), M))[0]
-
-
-def _select(l1: torch.Tensor, n: int, selection: str) -> torch.Tensor:
-    """Bool (L, G): per row the n blocks of smallest / largest L1 (ties: lower g), 0 < n < G."""
-    G = l1.shape[-1]
-    if selection == "smallest":
-        return _keep_low(l1, n, torch.kthvalue(l1, n, dim=-1).values)
-    return _keep_high(l1, G - n, torch.kthvalue(l1, G - n, dim=-1).values)
-
-
-def _random_blocks(G: int, n: int, generator, device) -> torch.Tensor:
-    """Bool (G,): ``torch.randperm(G, generator=generator)[:n]`` (generator's own device)."""
-    gdev = generator.device if generator is not None else device
-    perm = torch.randperm(G, generator=generator, device=gdev)[:n].to(device)
-    return torch.zeros(G, dtype=torch.bool, device=device).index_fill(0, perm, True)
-
-
-def dense_blocks(l1: torch.Tensor, n: int, selection: str = "smallest",
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Bool (G,): the n blocks kept dense, from L1 norms in g order.
-
-    ``smallest`` / ``largest`` L1 (ties: lower g first) or ``random``
-    (``torch.randperm(G, generator=generator)[:n]``)."""
-    G = l1.numel()
-    if n >= G:
-        return torch.ones(G, dtype=torch.bool, device=l1.device)
-    if n <= 0:
-        return torch.zeros(G, dtype=torch.bool, device=l1.device)
-    if selection == "random":
-        return _random_blocks(G, n, generator, l1.device)
-    return _select(l1.reshape(1, G), n, selection)[0]
-
-
-def _apply_dense(B5: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    """B = 1 on the dense blocks (dense: bool (L, G) in g order; B5: float block view)."""
-    L, Co, nb, _, P = B5.shape
-    d = dense.view(L, Co, P, nb).permute(0, 1, 3, 2).unsqueeze(3).to(B5.dtype)
-    return torch.maximum(B5, d)
 
 
 # ----------------------------------------------------------------------------------------------

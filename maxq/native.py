@@ -181,7 +181,7 @@ def maxq_mask(weight, N, M, rho, tau, axis, selection, progressive, generator, c
     before the sigmoid ((x - thr) / tau where B and H, else -inf), torch applies the sigmoid to
     each whole tensor (as the reference), and one pass writes S = (Q_f + B) + Q_k. State per layer
     in ``cache["native"]``: each row's statistics, spacing and recent shift of thr."""
-    from maxq import masks as mm
+    from maxq import mask_blocks as mm
 
     got = _input(weight, M)
     if got is None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maxq import nm_methods as rules
-from maxq.sparse import SparseConv2d, _weight_key
+from maxq.sparse_layers import SparseConv2d, _weight_key
 
 
 def _ensure_fresh(layer: SparseConv2d) -> None:
