@@ -324,3 +324,33 @@ def test_two_tasks_per_run_train_one_ddp_run(tmp_path):
     assert len(set(run["result"]["mask_checksums"])) == 1
     job = tmp_path / "smoke" / "jobs" / studies.read_status("smoke", tmp_path)[row]["job_id"]
     assert (job / "rank1_row.ipynb").exists() and not (tmp_path / "smoke" / row / "rank1_row.ipynb").exists()
+
+
+def test_slurm_flags_are_the_options_fields():
+    """SlurmOptions is the one definition: the batch parser has a --slurm-<field> flag per
+    field, and what they parse is what the study's [slurm] table takes."""
+    import argparse
+    from dataclasses import fields
+
+    from maxq import slurm_options
+
+    parser = argparse.ArgumentParser()
+    batch.add_batch_arguments(parser)
+    names = [f.name for f in fields(executors.SlurmOptions)]
+    flags = {a.dest: a.option_strings for a in parser._actions if a.dest.startswith("slurm_")}
+    assert flags == {f"slurm_{n}": [slurm_options.flag(n)] for n in names}
+    args = parser.parse_args(["smoke", "--slurm-gpus-per-run", "4", "--slurm-nodes", "2",
+                              "--slurm-time", "90"])
+    values = slurm_options.flag_values(args)
+    assert set(values) == set(names)
+    merged = executors.options_from({"partition": "p"}, **values)
+    assert (merged.partition, merged.gpus_per_run, merged.nodes, merged.tasks_per_node,
+            merged.time) == ("p", 4, 2, 2, "90")
+
+
+def test_executors_are_chosen_in_one_registry():
+    assert set(executors.EXECUTORS) == {"threads", "submitit-local", "slurm"}
+    for name, cls in executors.EXECUTORS.items():
+        assert issubclass(cls, executors.Executor) and cls.name == name
+    with pytest.raises(studies.StudyError, match="choose one of threads, submitit-local, slurm"):
+        executors.executor_class("mpi")
