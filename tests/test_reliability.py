@@ -126,13 +126,11 @@ def _sleeping_study(tmp_path: Path) -> tuple[Path, Path]:
     study = tmp_path / "sleepy.toml"
     study.write_text('[study]\n[defaults]\nset = "FashionMNIST"\nepochs = 1\n'
                      '[[rows]]\nid = "r"\narch = "resnet18"\nN = 2\nM = 4\n', encoding="utf-8")
-    params = nbformat.v4.new_code_cell(
-        'study = row = save_dir = None\nset = "FashionMNIST"\nepochs = 1\narch = "resnet18"\n'
-        'N = 2\nM = 4\nseed = 0\nconv_bn_type = "SoftMaxQConv2DBN"\noverwrite = False')
+    params = nbformat.v4.new_code_cell("config = {}")     # the row's options, as row.ipynb
     params.metadata["tags"] = ["parameters"]
     body = nbformat.v4.new_code_cell(
         "import os, pathlib, time\n"
-        "pathlib.Path(save_dir, 'kernel.pid').write_text(str(os.getpid()))\n"
+        "pathlib.Path(config['save_dir'], 'kernel.pid').write_text(str(os.getpid()))\n"
         "time.sleep(600)")
     notebook = nbformat.v4.new_notebook(cells=[params, body])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
