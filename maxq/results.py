@@ -699,6 +699,37 @@ def discovery_runs(study: Any, runs_root: str | os.PathLike | None = None,
                   f"on this machine)")
 
 
+def rerun_table(path: str | os.PathLike, study: str) -> tuple[pd.DataFrame, Path]:
+    """The runs of a re-run given as a report's ``runs.csv`` (the robustness section's other
+    set when its run directories are gone, e.g. a committed report trained on another machine),
+    and the file's resolved path. Its runs of ``study`` only; runs made before provenance was
+    recorded get the machine label "not recorded". :class:`studies.StudyError` (one line) when
+    the file is missing, unreadable or holds no finished run of the study."""
+    file = Path(path).resolve()
+    try:
+        runs = pd.read_csv(file)
+        runs = runs[runs["study"].astype(str) == study].copy()
+        runs["finished"] = runs["finished"].astype(bool)
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
+        raise studies.StudyError(f"--rerun-root {path}: not a readable runs table "
+                                 f"({type(exc).__name__}: {exc})") from None
+    if not runs["finished"].any():
+        raise studies.StudyError(f"--rerun-root {path}: no finished run of study {study!r} "
+                                 f"in this runs table")
+    if "machine" not in runs.columns:
+        runs["machine"] = f"not recorded (runs table {file.parent.name}/{file.name})"
+    runs["machine"] = runs["machine"].fillna("not recorded")
+    return runs, file
+
+
+def rerun_runs(study: Any, path: str | os.PathLike) -> pd.DataFrame:
+    """The robustness section's re-run: the runs under a runs root, or a report's runs.csv
+    (:func:`rerun_table`)."""
+    if Path(path).suffix == ".csv":
+        return rerun_table(path, results_name(study))[0]
+    return load(study, path).runs
+
+
 def same_recipe(discovery: pd.DataFrame, heldout: pd.DataFrame) -> list[str]:
     """Where held-out runs were trained with other options than the discovery runs of the same
     (row, method): one line per differing option (empty when the recipes agree)."""
