@@ -166,7 +166,7 @@ def _collect(name: str | None, dirs: Sequence[Path], planned: dict, spec: Any) -
         share = rec["config"].get("dead_weight_share")
         line["dead_weight_share"] = np.nan if share is None else share
         line["arms"] = dict(plan.arms) if plan and plan.arms else {}
-        line["run_dir"] = str(d)
+        line["run_dir"] = paths.shown(d)   # relative inside the checkout: reports hold no machine paths
         runs.append(line)
         run_dirs[run] = d
         keys = dict(run=run, row=row, method=method, seed=seed)
@@ -717,8 +717,8 @@ def rerun_table(path: str | os.PathLike, study: str) -> tuple[pd.DataFrame, Path
         raise studies.StudyError(f"--rerun-root {path}: no finished run of study {study!r} "
                                  f"in this runs table")
     if "machine" not in runs.columns:
-        runs["machine"] = f"not recorded (runs table {file.parent.name}/{file.name})"
-    runs["machine"] = runs["machine"].fillna("not recorded")
+        runs["machine"] = f"machine not recorded (runs table {file.parent.name}/{file.name})"
+    runs["machine"] = runs["machine"].fillna("machine not recorded")
     return runs, file
 
 

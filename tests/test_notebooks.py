@@ -264,7 +264,7 @@ def test_report_command_alone(smoke, tmp_path):
     robust = pd.read_csv(tmp_path / "smoke" / "robustness.csv")
     assert len(robust) == 4 and (robust["mean_shift"] == 0).all()
     machines = (tmp_path / "smoke" / "robustness.md").read_text()
-    assert "re-run on not recorded (runs table " in machines and "/old-runs.csv)" in machines
+    assert "re-run on machine not recorded (runs table " in machines and "/old-runs.csv)" in machines
     (tmp_path / "bad.csv").write_text("no,runs\n1,2\n")
     bad = subprocess.run(
         [sys.executable, "-m", "maxq", "report", "smoke", "--runs-root", str(runs),
