@@ -1,16 +1,20 @@
 """What a held-out study is compared with: the runs of the study it replicates (its run
-directories, else its committed runs table) and the options where the two recipes differ."""
+directories, else its committed runs table) and the options where the two recipes differ; and
+the robustness section's re-run given as a report's runs table (:func:`rerun_runs`)."""
 from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from maxq import paths, stats, studies
+from maxq.report_output import results_name
 from maxq.result_frames import SCALE_KEYS, load
+
 
 def discovery_runs(study: Any, runs_root: str | os.PathLike | None = None,
                    reports_root: str | os.PathLike | None = None) -> tuple[pd.DataFrame, str]:
@@ -31,6 +35,37 @@ def discovery_runs(study: Any, runs_root: str | os.PathLike | None = None,
     return runs, (f"the committed report of study `{res.study}` (`reports/{res.study}/runs.csv`, "
                   f"{int(runs['finished'].sum())} finished runs; their run directories are not "
                   f"on this machine)")
+
+
+def rerun_table(path: str | os.PathLike, study: str) -> tuple[pd.DataFrame, Path]:
+    """The runs of a re-run given as a report's ``runs.csv`` (the robustness section's other
+    set when its run directories are gone, e.g. a committed report trained on another machine),
+    and the file's resolved path. Its runs of ``study`` only; runs made before provenance was
+    recorded get the machine label "not recorded". :class:`studies.StudyError` (one line) when
+    the file is missing, unreadable or holds no finished run of the study."""
+    file = Path(path).resolve()
+    try:
+        runs = pd.read_csv(file)
+        runs = runs[runs["study"].astype(str) == study].copy()
+        runs["finished"] = runs["finished"].astype(bool)
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as exc:
+        raise studies.StudyError(f"--rerun-root {path}: not a readable runs table "
+                                 f"({type(exc).__name__}: {exc})") from None
+    if not runs["finished"].any():
+        raise studies.StudyError(f"--rerun-root {path}: no finished run of study {study!r} "
+                                 f"in this runs table")
+    if "machine" not in runs.columns:
+        runs["machine"] = f"machine not recorded (runs table {file.parent.name}/{file.name})"
+    runs["machine"] = runs["machine"].fillna("machine not recorded")
+    return runs, file
+
+
+def rerun_runs(study: Any, path: str | os.PathLike) -> pd.DataFrame:
+    """The robustness section's re-run: the runs under a runs root, or a report's runs.csv
+    (:func:`rerun_table`)."""
+    if Path(path).suffix == ".csv":
+        return rerun_table(path, results_name(study))[0]
+    return load(study, path).runs
 
 
 def same_recipe(discovery: pd.DataFrame, heldout: pd.DataFrame) -> list[str]:

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from maxq import provenance, records, studies
+from maxq import paths, provenance, records, studies
 from maxq.methods import METHODS
 from maxq.studies import Study
 
@@ -155,7 +155,7 @@ def _collect(name: str | None, dirs: Sequence[Path], planned: dict, spec: Any) -
         share = rec["config"].get("dead_weight_share")
         line["dead_weight_share"] = np.nan if share is None else share
         line["arms"] = dict(plan.arms) if plan and plan.arms else {}
-        line["run_dir"] = str(d)
+        line["run_dir"] = paths.shown(d)   # relative inside the checkout: reports hold no machine paths
         runs.append(line)
         run_dirs[run] = d
         keys = dict(run=run, row=row, method=method, seed=seed)

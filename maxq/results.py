@@ -32,7 +32,8 @@ from maxq.official_logs import (official_comparison, official_curves,  # noqa: F
                                 official_overlay, official_summary, read_official_log,
                                 read_official_results, read_official_test_log)
 from maxq.official_logs import overlay_figure as official_overlay_figure  # noqa: F401
-from maxq.replication_runs import discovery_runs, same_recipe  # noqa: F401
+from maxq.replication_runs import (discovery_runs, rerun_runs, rerun_table,  # noqa: F401
+                                   same_recipe)
 from maxq.report_output import (ReportRefused, check_report, committed_runs,  # noqa: F401
                                 corrupt_markdown, machines, machines_markdown, open_report,
                                 report_dir, results_name, runs_note, save_table, status_frame)
