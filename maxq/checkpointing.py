@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import json
 import platform
-import subprocess
 import sys
 import time
 from datetime import datetime
@@ -68,19 +67,6 @@ def config_json_mismatch(run_dir: Path, cfg: TrainConfig) -> list[str]:
             if k in stored and stored[k] != v]
 
 
-def _git_commit() -> dict[str, Any]:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                                text=True, timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                    cwd=root, capture_output=True, text=True,
-                                    timeout=10).stdout.strip()) if commit else None
-    except (OSError, subprocess.SubprocessError):
-        commit, dirty = None, None
-    return {"commit": commit, "dirty": dirty}
-
-
 def run_environment(rt: Runtime) -> dict[str, Any]:
     """Versions and device, for config.json."""
     device = {"type": rt.device.type, "world_size": rt.world_size,
@@ -97,7 +83,7 @@ def run_environment(rt: Runtime) -> dict[str, Any]:
                      "maxq": maxq.__version__, "cuda": torch.version.cuda,
                      "cudnn": (torch.backends.cudnn.version() if torch.cuda.is_available()
                                else None)},
-        "git": _git_commit(),
+        "git": provenance.git_state(),
         "device": device,
         # CPU model and flags, torch build (BLAS, oneDNN), threads, host hash: maxq.provenance
         "provenance": provenance.provenance(),
