@@ -343,7 +343,9 @@ def render_report(study: "str | os.PathLike | Study", *, runs: str | os.PathLike
     report is kept until the swap and removed after it). On failure the old report is untouched,
     the temporary folder is removed and its ``papermill.log`` kept in the system's temporary
     directory (named in the error). ``rerun``: a runs root holding a re-run of some of the
-    study's runs (same seeds, another thread count or machine) for the robustness section.
+    study's runs (same seeds, another thread count or machine), or the ``runs.csv`` of a report
+    made from such runs (e.g. a committed report's, copied before it is re-rendered), for the
+    robustness section.
     Returns ``(ok, error, html_path)`` (the path in the final folder)."""
     from maxq import results
 
@@ -358,7 +360,9 @@ def render_report(study: "str | os.PathLike | Study", *, runs: str | os.PathLike
         return False, str(exc), html_path
     results.check_report(results.load(spec, runs), reports, force=force, runs_root=runs)
     parameters = {"study": str(spec.path.resolve()), "runs_root": str(runs_root(runs).resolve())}
-    if rerun is not None:
+    if rerun is not None and Path(rerun).suffix == ".csv":
+        parameters["rerun_root"] = str(results.rerun_table(rerun, spec.name)[1])
+    elif rerun is not None:
         rerun_dir = runs_root(rerun).resolve()
         if not (rerun_dir / spec.name).is_dir():
             raise StudyError(f"--rerun-root {rerun}: no run directories of study "
@@ -519,9 +523,10 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reports-root", default=None,
                         help="where reports go (default $MAXQ_REPORTS_ROOT or reports)")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML rendering")
-    parser.add_argument("--rerun-root", default=None, metavar="DIR",
+    parser.add_argument("--rerun-root", default=None, metavar="DIR|CSV",
                         help="runs root with a re-run of some of the study's runs (same seeds, "
-                             "another thread count or machine): adds the robustness section")
+                             "another thread count or machine), or the runs.csv of a report "
+                             "made from such runs: adds the robustness section")
     parser.add_argument("--force", action="store_true",
                         help="replace a report made from more finished runs than there are now")
 

@@ -26,7 +26,6 @@ follow the same conv-BN scheme on **torchvision's** layer names (assumption, doc
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import os
@@ -45,6 +44,7 @@ from torch import nn
 from maxq import methods, models, paths, records
 from maxq import sparse as sp
 from maxq.official_logs import OfficialLogError, parse_official_log
+from maxq.official_keys import official_names
 
 __all__ = [
     "OfficialCheckpointError", "safe_load", "unwrap", "is_official_state", "detect_arch",
@@ -162,88 +162,6 @@ def detect_arch(state: dict[str, torch.Tensor]) -> str:
     raise OfficialCheckpointError(
         f"unknown authors' layout (masks {', '.join(masks) or 'none'}): neither their ResNet "
         f"(layer1.0.convbn1.*) nor MobileNetV1 (conv1.0.*, features.i.3.*) nor torchvision names")
-
-
-# ============================================================================ key mapping
-def _resnet_module(conv: str) -> str:
-    # layerL.B.convK -> layerL.B.convbnK; layerL.B.downsample.0 -> layerL.B.downsample
-    if conv.endswith(".downsample.0"):
-        return conv[:-len(".0")]
-    head, _, last = conv.rpartition(".")
-    return f"{head}.{last.replace('conv', 'convbn')}"
-
-
-def _mobilenet_v1_dense(name: str) -> str:
-    # kit: features.0.{0,1} stem; features.j.0.{0,1} depthwise conv/BN; classifier
-    # authors: conv1.{0,1}; features.(j-1).{0,1}; fc
-    if name == "classifier":
-        return "fc"
-    parts = name.split(".")
-    if parts[:2] == ["features", "0"]:
-        return f"conv1.{parts[2]}"
-    return f"features.{int(parts[1]) - 1}.{parts[3]}"
-
-
-def _mobilenet_v1_module(conv: str) -> str:
-    # kit features.j.1.0 (pointwise conv) -> authors' features.(j-1).3
-    return f"features.{int(conv.split('.')[1]) - 1}.3"
-
-
-def _torchvision_module(conv: str, bn: str | None) -> str:
-    """Assumed scheme on torchvision names: a conv-BN pair ``P.0``/``P.1`` (a
-    Conv2dNormActivation) becomes the conv-BN module ``P``; any other sparse conv (e.g.
-    MobileNetV2's projection ``features.i.conv.2`` with BN ``.conv.3``) becomes the module in
-    the conv's own place, the BN's place vanishing (as the authors' MobileNetV1 does); a sparse
-    conv with no BN after it (V3's squeeze-excitation ``fc1``/``fc2``, with bias) also keeps its
-    place: ``fc1.conv.weight``, ``fc1.conv.bias``, ``fc1.mask``."""
-    head, _, last = conv.rpartition(".")
-    if last == "0" and bn == f"{head}.1":
-        return head
-    return conv
-
-
-def official_names(model: nn.Module, arch: str) -> dict[str, str]:
-    """``{kit state_dict key: authors' key}`` for every key of the kit's sparsified ``model``.
-
-    A sparse conv ``C`` and the BatchNorm ``B`` that follows it become one authors' conv-BN module
-    ``<m>``: ``C.weight -> <m>.conv.weight``, ``C.weight_mask -> <m>.mask``, ``B.* ->
-    <m>.scale.*``. Dense layers keep their names (ResNet) or take the authors' MobileNetV1 names.
-    For ``mobilenet_v2``/``v3`` the names are the kit's (torchvision's), and ``<m>`` follows
-    :func:`_torchvision_module` (an assumption: the authors published no such model code).
-    """
-    modules = list(model.named_modules())
-    sparse_names = set(sp.sparse_layers(model))
-    family = "resnet" if arch.startswith("resnet") else arch
-    rename: dict[str, str] = {}               # kit module name -> authors' module name
-    for i, (name, module) in enumerate(modules):
-        if name not in sparse_names:
-            continue
-        bn = next((n for n, m in modules[i + 1:] if isinstance(m, nn.BatchNorm2d)), None)
-        bn_follows = bn is not None and (
-            modules[i + 1][0] == bn or bn.rsplit(".", 1)[0] == name.rsplit(".", 1)[0])
-        bn = bn if bn_follows else None
-        if family == "resnet":
-            target = _resnet_module(name)
-        elif family == "mobilenet_v1":
-            target = _mobilenet_v1_module(name)
-        else:
-            target = _torchvision_module(name, bn)
-        rename[name] = f"{target}.conv"
-        if bn is not None:
-            rename[bn] = f"{target}.scale"
-        rename[f"{name}#mask"] = target
-    names: dict[str, str] = {}
-    for key in model.state_dict():
-        module, _, param = key.rpartition(".")
-        if param == "weight_mask" and module in sparse_names:
-            names[key] = f"{rename[module + '#mask']}.mask"
-        elif module in rename:
-            names[key] = f"{rename[module]}.{param}"
-        elif family == "mobilenet_v1":
-            names[key] = f"{_mobilenet_v1_dense(module)}.{param}"
-        else:
-            names[key] = key
-    return names
 
 
 def _kit_model(arch: str, N: int, M: int, method: str, num_classes: int) -> nn.Module:
@@ -441,43 +359,70 @@ def import_official(path: str | os.PathLike, arch: str, N: int, M: int, *,
 
     path = Path(path).expanduser()
     ckpt = read_official(path, arch, N, M, method=method)
-    parsed = None
-    if log is not None:
-        parsed = parse_official_log(log)
-        if parsed.kind != "train":
-            raise OfficialLogError(f"--log {log}: a testing (--evaluate) log, not a training log")
-        if parsed.arch != arch:
-            raise OfficialLogError(f"--log {log}: the log trained {parsed.arch!r}, not {arch}")
-        rate = round((M - N) / M * 100, 2)
-        if parsed.compress_rate is not None and abs(parsed.compress_rate - rate) > 1e-6:
-            raise OfficialLogError(f"--log {log}: compress rate {parsed.compress_rate:.2f}% is not "
-                                   f"{N}:{M}'s {rate:.2f}%")
+    parsed = _training_log(log, arch, N, M) if log is not None else None
     out = Path(out).expanduser() if out is not None else default_out(arch, N, M, runs_root)
     source = {"format": IMPORT_FORMAT, "file": path.name, "sha256": file_sha256(path),
               "arch": arch, "N": N, "M": M, "method": method,
               "log": None if log is None else {"file": Path(log).name,
                                               "sha256": file_sha256(log)}}
-    if out.exists():
-        config_path = out / records.CONFIG
-        if config_path.is_file():
-            try:
-                existing = records.read_json(config_path).get("imported") or {}
-            except (OSError, ValueError):
-                existing = {}
-            same = {k: existing.get(k) for k in source} == source
-            if same:
-                return out, False
-            what = (f"an import of {existing.get('file')} ({existing.get('arch')} "
-                    f"{existing.get('N')}:{existing.get('M')})" if existing else "a kit run")
-            raise FileExistsError(f"{out} already holds {what}, not this import; choose another "
-                                  f"--out or remove it")
-        if any(out.iterdir()) if out.is_dir() else True:
-            raise FileExistsError(f"{out} exists and is not an imported run; choose another --out")
+    if _already_imported(out, source):
+        return out, False
 
-    meta = ckpt.meta
-    epoch = int(meta["epoch"]) - 1 if isinstance(meta.get("epoch"), int) else None
     model = ckpt.model()
-    epochs_df = parsed.epochs if parsed is not None else None
+    snap_epoch, result = _import_result(ckpt.meta, parsed.epochs if parsed is not None else None)
+    cfg = TrainConfig(set="ImageNet", arch=arch, N=N, M=M, conv_bn_type=method,
+                      epochs=result["epochs"] or TrainConfig().epochs, study="official",
+                      save_dir=str(out))
+    config = _import_config(cfg, source, ckpt, model, method)
+    best = {"state_dict": ckpt.state, "epoch": snap_epoch, "top1": result["best_top1"],
+            "top5": result["best_top5"], "arch": arch, "config": cfg.fingerprint()}
+    _write_import(out, config=config, metrics=None if parsed is None else _metrics_rows(parsed),
+                  model=model, snap_epoch=snap_epoch, best=best, result=result)
+    return out, True
+
+
+def _training_log(log: str | os.PathLike, arch: str, N: int, M: int):
+    """The authors' training log given with ``--log``, checked against the import's arch and
+    N:M (:class:`OfficialLogError` otherwise)."""
+    parsed = parse_official_log(log)
+    if parsed.kind != "train":
+        raise OfficialLogError(f"--log {log}: a testing (--evaluate) log, not a training log")
+    if parsed.arch != arch:
+        raise OfficialLogError(f"--log {log}: the log trained {parsed.arch!r}, not {arch}")
+    rate = round((M - N) / M * 100, 2)
+    if parsed.compress_rate is not None and abs(parsed.compress_rate - rate) > 1e-6:
+        raise OfficialLogError(f"--log {log}: compress rate {parsed.compress_rate:.2f}% is not "
+                               f"{N}:{M}'s {rate:.2f}%")
+    return parsed
+
+
+def _already_imported(out: Path, source: dict[str, Any]) -> bool:
+    """Whether ``out`` holds this very import (``source`` alike); False when ``out`` is free (absent
+    or an empty folder); ``FileExistsError`` when it holds anything else."""
+    if not out.exists():
+        return False
+    config_path = out / records.CONFIG
+    if config_path.is_file():
+        try:
+            existing = records.read_json(config_path).get("imported") or {}
+        except (OSError, ValueError):
+            existing = {}
+        same = {k: existing.get(k) for k in source} == source
+        if same:
+            return True
+        what = (f"an import of {existing.get('file')} ({existing.get('arch')} "
+                f"{existing.get('N')}:{existing.get('M')})" if existing else "a kit run")
+        raise FileExistsError(f"{out} already holds {what}, not this import; choose another "
+                              f"--out or remove it")
+    if any(out.iterdir()) if out.is_dir() else True:
+        raise FileExistsError(f"{out} exists and is not an imported run; choose another --out")
+    return False
+
+
+def _import_result(meta: dict[str, Any], epochs_df) -> tuple[int, dict[str, Any]]:
+    """``(epoch of the mask snapshot, result.json)`` of an import: the checkpoint's epoch and best
+    top-1, and, from the training log when given, best and last evaluation and the time."""
+    epoch = int(meta["epoch"]) - 1 if isinstance(meta.get("epoch"), int) else None
     if epoch is None and epochs_df is not None and len(epochs_df):
         epoch = int(epochs_df["epoch"].iloc[-1])
     snap_epoch = epoch if epoch is not None else 0
@@ -491,42 +436,48 @@ def import_official(path: str | os.PathLike, arch: str, N: int, M: int, *,
         last_top5 = float(epochs_df["val_top5"].iloc[-1])
     n_epochs = int(epochs_df["epochs"].iloc[-1]) if epochs_df is not None and len(epochs_df) \
         else (epoch + 1 if epoch is not None else None)
-    cfg = TrainConfig(set="ImageNet", arch=arch, N=N, M=M, conv_bn_type=method,
-                      epochs=n_epochs or TrainConfig().epochs, study="official",
-                      save_dir=str(out))
-    layer_table = sp.describe(model)
-    config = {
+    return snap_epoch, {
+        "best_top1": best_top1, "best_top5": best_top5, "best_epoch": best_epoch,
+        "last_top1": last_top1, "last_top5": last_top5, "epochs": n_epochs,
+        "wall_seconds": (float(epochs_df["seconds"].sum()) if epochs_df is not None
+                         and len(epochs_df) else None),
+        "world_size": None, "mask_checksums": []}
+
+
+def _import_config(cfg, source: dict[str, Any], ckpt: OfficialCheckpoint, model: nn.Module,
+                   method: str) -> dict[str, Any]:
+    """config.json of an imported run: the options, what was imported, the method, the data."""
+    return {
         "args": cfg.to_dict(),
         "imported": {**source, "imported_at": datetime.now().isoformat(timespec="seconds"),
-                     "checkpoint_epoch": meta.get("epoch"), "best_acc1": meta.get("best_acc1"),
-                     "keys": ckpt.n_keys,
+                     "checkpoint_epoch": ckpt.meta.get("epoch"),
+                     "best_acc1": ckpt.meta.get("best_acc1"), "keys": ckpt.n_keys,
                      "note": "authors' checkpoint mapped key for key; masks are their stored "
                              "soft masks (eval uses W * mask as is)"},
         "method": dataclasses.asdict(methods.get(method)),
         "data": {"set": "ImageNet", "train_size": None, "val_size": None,
                  "num_classes": int(model.state_dict()[_classifier_key(ckpt.state)].shape[0]),
                  "in_channels": 3, "image_size": 224},
-        "layers": layer_table,
+        "layers": sp.describe(model),
         "dead_weight_share": None,
         "started": None,
     }
-    result = {"best_top1": best_top1, "best_top5": best_top5, "best_epoch": best_epoch,
-              "last_top1": last_top1, "last_top5": last_top5, "epochs": n_epochs,
-              "wall_seconds": (float(epochs_df["seconds"].sum()) if epochs_df is not None
-                               and len(epochs_df) else None),
-              "world_size": None, "mask_checksums": []}
+
+
+def _write_import(out: Path, *, config: dict[str, Any], metrics: list[dict[str, Any]] | None,
+                  model: nn.Module, snap_epoch: int, best: dict[str, Any],
+                  result: dict[str, Any]) -> None:
+    """The imported run's files, built in a folder beside ``out`` and renamed onto it at once."""
     # ``imported`` is compared on the next import: keep only the fields of ``source`` stable
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.import-", dir=out.parent))
     try:
         records.write_json(tmp / records.CONFIG, config)
-        if parsed is not None:
-            records.append_jsonl(tmp / records.METRICS, _metrics_rows(parsed))
+        if metrics is not None:
+            records.append_jsonl(tmp / records.METRICS, metrics)
         records.append_jsonl(tmp / records.LAYERS, _layer_rows(model, snap_epoch))
         records.save_mask_snapshot(tmp, snap_epoch, sp.current_masks(model))
-        records.save_torch(tmp / records.BEST, {
-            "state_dict": ckpt.state, "epoch": snap_epoch, "top1": best_top1, "top5": best_top5,
-            "arch": arch, "config": cfg.fingerprint()})
+        records.save_torch(tmp / records.BEST, best)
         records.write_json(tmp / records.RESULT, result)
         if out.is_dir():
             out.rmdir()                        # empty (checked above)
@@ -534,7 +485,6 @@ def import_official(path: str | os.PathLike, arch: str, N: int, M: int, *,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out, True
 
 
 def kit_state_for(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict[str, Any],

@@ -106,6 +106,149 @@ def _stamp(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
 
 
+BATCH_COLUMNS = ("phase", "epoch", "batch", "batches", "time", "time_avg", "data", "data_avg",
+                 "loss", "loss_avg", "top1", "top1_avg", "top5", "top5_avg", "line")
+
+
+class _LogReader:
+    """What :func:`parse_official_log` knows of one log while it reads it line by line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.header: dict[str, str] = {}
+        self.arch: str | None = None
+        self.checkpoint: str | None = None
+        self.compress: float | None = None
+        self.epochs: list[dict[str, Any]] = []
+        self.tests: list[dict[str, Any]] = []
+        self.batches: list[dict[str, Any]] = []
+        self.in_model = False
+        self.current: dict[str, Any] | None = None     # the open epoch
+        self.summary: dict[str, Any] | None = None     # the last " * Prec@1" not yet closed
+        self.last_test: dict[str, Any] | None = None
+        self.messages = ((_EPOCH_HEAD, self._epoch_head), (_TRAIN, self._train_batch),
+                         (_TEST, self._test_batch), (_SUMMARY, self._summary),
+                         (_EPOCH_END, self._epoch_end))
+
+    def read(self, number: int, line: str) -> None:
+        """One line: a header line, a message of an epoch, or an :class:`OfficialLogError`."""
+        m = _TS.match(line)
+        if m is None:
+            if self.in_model:
+                return                         # the model repr's continuation lines
+            raise _fail(self.path, number, line, "no [YYYY-MM-DD HH:MM:SS] timestamp")
+        stamp, msg = m.group(1), m.group(2)
+        self.in_model = False
+        if self._header_line(msg):
+            return
+        for pattern, handle in self.messages:
+            if (c := pattern.fullmatch(msg)) is not None:
+                handle(c, number, line, stamp)
+                return
+        raise _fail(self.path, number, line, "no known message")
+
+    def _header_line(self, msg: str) -> bool:
+        if _MODEL.fullmatch(msg):
+            self.in_model, self.header["model"] = True, msg
+        elif (c := _CREATING.fullmatch(msg)) is not None:
+            self.arch = c.group(1)
+        elif (c := _COMPRESS.fullmatch(msg)) is not None:
+            self.compress = float(c.group(1))
+        elif (c := _LOADED.fullmatch(msg)) is not None:
+            self.checkpoint = c.group(1)
+        elif any(p.fullmatch(msg) for p in _HEADER):
+            key = msg.split(":", 1)[0].strip() if not msg.startswith("=>") else msg[:20]
+            self.header.setdefault(key, msg)
+        else:
+            return False
+        return True
+
+    def _epoch_head(self, c: re.Match, number: int, line: str, stamp: str) -> None:
+        if self.current is not None:
+            raise _fail(self.path, number, line,
+                        f"epoch {self.current['epoch']} has no '=> Epoch:' line")
+        if c.group(1) != self.arch:
+            raise _fail(self.path, number, line,
+                        f"arch {c.group(1)!r} but the log created {self.arch!r}")
+        e = int(c.group(2))
+        if e != len(self.epochs):
+            raise _fail(self.path, number, line, f"epoch {e} follows epoch {len(self.epochs) - 1}")
+        self.current = {"epoch": e, "epochs": int(c.group(3)), "start": _stamp(stamp),
+                        "train": None, "test": None}
+        self.summary = self.last_test = None
+
+    def _train_batch(self, c: re.Match, number: int, line: str, stamp: str) -> None:
+        e, i, n = (int(c.group(k)) for k in (1, 2, 3))
+        if self.current is None or e != self.current["epoch"] or self.current["test"] is not None:
+            raise _fail(self.path, number, line, "training batch outside its epoch")
+        v = [float(c.group(k)) for k in range(4, 14)]
+        row = {"phase": "train", "epoch": e, "batch": i, "batches": n, "time": v[0],
+               "time_avg": v[1], "data": v[2], "data_avg": v[3], "loss": v[4],
+               "loss_avg": v[5], "top1": v[6], "top1_avg": v[7], "top5": v[8],
+               "top5_avg": v[9], "line": number}
+        self.batches.append(row)
+        self.current["train"] = row
+
+    def _test_batch(self, c: re.Match, number: int, line: str, stamp: str) -> None:
+        i, n = int(c.group(1)), int(c.group(2))
+        v = [float(c.group(k)) for k in range(3, 11)]
+        row = {"phase": "test", "epoch": self.current["epoch"] if self.current else None,
+               "batch": i, "batches": n, "time": v[0], "time_avg": v[1], "data": math.nan,
+               "data_avg": math.nan, "loss": v[2], "loss_avg": v[3], "top1": v[4],
+               "top1_avg": v[5], "top5": v[6], "top5_avg": v[7], "line": number}
+        self.batches.append(row)
+        self.last_test = row
+        if self.current is not None:
+            self.current["test"] = row
+
+    def _summary(self, c: re.Match, number: int, line: str, stamp: str) -> None:
+        top1, top5, err = (float(c.group(k)) for k in (1, 2, 3))
+        self.summary = {"val_top1": top1, "val_top5": top5, "error1": err,
+                        "val_loss": self.last_test["loss_avg"] if self.last_test else math.nan,
+                        "stamp": _stamp(stamp), "line": number}
+        if self.current is None:
+            self.tests.append({**self.summary, "checkpoint": self.checkpoint})
+
+    def _epoch_end(self, c: re.Match, number: int, line: str, stamp: str) -> None:
+        e, current, summary = int(c.group(1)), self.current, self.summary
+        if current is None or e != current["epoch"]:
+            raise _fail(self.path, number, line, "epoch summary without its epoch header")
+        if summary is None:
+            raise _fail(self.path, number, line, f"epoch {e} has no ' * Prec@1' line")
+        train = current["train"] or {}
+        self.epochs.append({
+            "epoch": e, "lr": float(c.group(2)),
+            "train_loss": train.get("loss_avg", math.nan),
+            "train_top1": train.get("top1_avg", math.nan),
+            "train_top5": train.get("top5_avg", math.nan),
+            "val_loss": summary["val_loss"], "val_top1": summary["val_top1"],
+            "val_top5": summary["val_top5"], "best_top1": float(c.group(4)),
+            "seconds": (_stamp(stamp) - current["start"]).total_seconds(),
+            "acc": float(c.group(3)), "epochs": current["epochs"],
+        })
+        self.current = self.summary = self.last_test = None
+
+    def result(self) -> OfficialLog:
+        """The log read to its end: an :class:`OfficialLog`, or why it is not a finished one."""
+        path = self.path
+        if self.current is not None:
+            raise OfficialLogError(f"{path}: epoch {self.current['epoch']} is cut off (no "
+                                   f"'=> Epoch:' line): the log is truncated or the run died")
+        if self.arch is None:
+            raise OfficialLogError(f"{path}: no \"Creating model '<arch>'\" line: not an "
+                                   f"authors' log")
+        kind = "train" if self.epochs else "test" if self.tests else None
+        if kind is None:
+            raise OfficialLogError(f"{path}: neither an epoch summary ('=> Epoch: ...') nor a "
+                                   f"test summary (' * Prec@1 ...'): not a finished authors' log")
+        return OfficialLog(
+            path=path, kind=kind, arch=self.arch, header=self.header,
+            epochs=pd.DataFrame(self.epochs, columns=[*EPOCH_COLUMNS, "acc", "epochs"]),
+            test=pd.DataFrame(self.tests, columns=list(TEST_COLUMNS)),
+            batches=pd.DataFrame(self.batches, columns=list(BATCH_COLUMNS)),
+            checkpoint=self.checkpoint, compress_rate=self.compress)
+
+
 def parse_official_log(path: str | os.PathLike) -> OfficialLog:
     """Parse one authors' log (training or ``--evaluate``); every line must fit its format."""
     path = Path(path)
@@ -118,121 +261,10 @@ def parse_official_log(path: str | os.PathLike) -> OfficialLog:
     lines = text.splitlines()
     if not lines:
         raise OfficialLogError(f"{path}: empty file, not an authors' log")
-    header: dict[str, str] = {}
-    arch = checkpoint = None
-    compress = None
-    epochs: list[dict[str, Any]] = []
-    tests: list[dict[str, Any]] = []
-    batches: list[dict[str, Any]] = []
-    in_model = False
-    current: dict[str, Any] | None = None     # the open epoch
-    summary: dict[str, Any] | None = None     # the last " * Prec@1" not yet closed by an epoch
-    last_test: dict[str, Any] | None = None
+    reader = _LogReader(path)
     for number, line in enumerate(lines, 1):
-        m = _TS.match(line)
-        if m is None:
-            if in_model:
-                continue                       # the model repr's continuation lines
-            raise _fail(path, number, line, "no [YYYY-MM-DD HH:MM:SS] timestamp")
-        stamp, msg = m.group(1), m.group(2)
-        in_model = False
-        if _MODEL.fullmatch(msg):
-            in_model, header["model"] = True, msg
-            continue
-        if (c := _CREATING.fullmatch(msg)) is not None:
-            arch = c.group(1)
-            continue
-        if (c := _COMPRESS.fullmatch(msg)) is not None:
-            compress = float(c.group(1))
-            continue
-        if (c := _LOADED.fullmatch(msg)) is not None:
-            checkpoint = c.group(1)
-            continue
-        if any(p.fullmatch(msg) for p in _HEADER):
-            key = msg.split(":", 1)[0].strip() if not msg.startswith("=>") else msg[:20]
-            header.setdefault(key, msg)
-            continue
-        if (c := _EPOCH_HEAD.fullmatch(msg)) is not None:
-            if current is not None:
-                raise _fail(path, number, line, f"epoch {current['epoch']} has no '=> Epoch:' line")
-            if c.group(1) != arch:
-                raise _fail(path, number, line, f"arch {c.group(1)!r} but the log created {arch!r}")
-            e = int(c.group(2))
-            if e != len(epochs):
-                raise _fail(path, number, line, f"epoch {e} follows epoch {len(epochs) - 1}")
-            current = {"epoch": e, "epochs": int(c.group(3)), "start": _stamp(stamp),
-                       "train": None, "test": None}
-            summary = last_test = None
-            continue
-        if (c := _TRAIN.fullmatch(msg)) is not None:
-            e, i, n = (int(c.group(k)) for k in (1, 2, 3))
-            if current is None or e != current["epoch"] or current["test"] is not None:
-                raise _fail(path, number, line, "training batch outside its epoch")
-            v = [float(c.group(k)) for k in range(4, 14)]
-            row = {"phase": "train", "epoch": e, "batch": i, "batches": n, "time": v[0],
-                   "time_avg": v[1], "data": v[2], "data_avg": v[3], "loss": v[4],
-                   "loss_avg": v[5], "top1": v[6], "top1_avg": v[7], "top5": v[8],
-                   "top5_avg": v[9], "line": number}
-            batches.append(row)
-            current["train"] = row
-            continue
-        if (c := _TEST.fullmatch(msg)) is not None:
-            i, n = int(c.group(1)), int(c.group(2))
-            v = [float(c.group(k)) for k in range(3, 11)]
-            row = {"phase": "test", "epoch": current["epoch"] if current else None, "batch": i,
-                   "batches": n, "time": v[0], "time_avg": v[1], "data": math.nan,
-                   "data_avg": math.nan, "loss": v[2], "loss_avg": v[3], "top1": v[4],
-                   "top1_avg": v[5], "top5": v[6], "top5_avg": v[7], "line": number}
-            batches.append(row)
-            last_test = row
-            if current is not None:
-                current["test"] = row
-            continue
-        if (c := _SUMMARY.fullmatch(msg)) is not None:
-            top1, top5, err = (float(c.group(k)) for k in (1, 2, 3))
-            summary = {"val_top1": top1, "val_top5": top5, "error1": err,
-                       "val_loss": last_test["loss_avg"] if last_test else math.nan,
-                       "stamp": _stamp(stamp), "line": number}
-            if current is None:
-                tests.append({**summary, "checkpoint": checkpoint})
-            continue
-        if (c := _EPOCH_END.fullmatch(msg)) is not None:
-            e = int(c.group(1))
-            if current is None or e != current["epoch"]:
-                raise _fail(path, number, line, "epoch summary without its epoch header")
-            if summary is None:
-                raise _fail(path, number, line, f"epoch {e} has no ' * Prec@1' line")
-            train = current["train"] or {}
-            epochs.append({
-                "epoch": e, "lr": float(c.group(2)),
-                "train_loss": train.get("loss_avg", math.nan),
-                "train_top1": train.get("top1_avg", math.nan),
-                "train_top5": train.get("top5_avg", math.nan),
-                "val_loss": summary["val_loss"], "val_top1": summary["val_top1"],
-                "val_top5": summary["val_top5"], "best_top1": float(c.group(4)),
-                "seconds": (_stamp(stamp) - current["start"]).total_seconds(),
-                "acc": float(c.group(3)), "epochs": current["epochs"],
-            })
-            current = summary = last_test = None
-            continue
-        raise _fail(path, number, line, "no known message")
-    if current is not None:
-        raise OfficialLogError(f"{path}: epoch {current['epoch']} is cut off (no '=> Epoch:' "
-                               f"line): the log is truncated or the run died")
-    if arch is None:
-        raise OfficialLogError(f"{path}: no \"Creating model '<arch>'\" line: not an authors' log")
-    kind = "train" if epochs else "test" if tests else None
-    if kind is None:
-        raise OfficialLogError(f"{path}: neither an epoch summary ('=> Epoch: ...') nor a test "
-                               f"summary (' * Prec@1 ...'): not a finished authors' log")
-    epoch_df = pd.DataFrame(epochs, columns=[*EPOCH_COLUMNS, "acc", "epochs"])
-    test_df = pd.DataFrame(tests, columns=list(TEST_COLUMNS))
-    batch_df = pd.DataFrame(batches, columns=[
-        "phase", "epoch", "batch", "batches", "time", "time_avg", "data", "data_avg", "loss",
-        "loss_avg", "top1", "top1_avg", "top5", "top5_avg", "line"])
-    return OfficialLog(path=path, kind=kind, arch=arch, header=header, epochs=epoch_df,
-                       test=test_df, batches=batch_df, checkpoint=checkpoint,
-                       compress_rate=compress)
+        reader.read(number, line)
+    return reader.result()
 
 
 def read_official_log(path: str | os.PathLike) -> pd.DataFrame:

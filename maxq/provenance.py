@@ -83,13 +83,21 @@ def thread_info() -> dict[str, Any]:
             "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS")}
 
 
+#: tracked folders of records, not of the kit: a change there (a re-made sample run, a re-rendered
+#: report) does not make the code that trains a run differ from its commit
+RECORD_FOLDERS = ("runs", "reports", "samples")
+
+
 def git_state(root: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The kit's commit and dirty flag (tracked files changed); ``None``s outside a checkout."""
+    """The kit's commit and dirty flag (tracked files changed outside :data:`RECORD_FOLDERS`);
+    ``None``s outside a checkout."""
     root = Path(root) if root is not None else Path(__file__).resolve().parent.parent
+    exclude = [f":(top,exclude){folder}" for folder in RECORD_FOLDERS]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                 text=True, timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no",
+                                     "--", ":(top)", *exclude],
                                     cwd=root, capture_output=True, text=True,
                                     timeout=10).stdout.strip()) if commit else None
     except (OSError, subprocess.SubprocessError):

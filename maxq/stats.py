@@ -22,7 +22,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
 
-DENSE = "DenseConv2dBN"
+from maxq.methods import METHODS, is_dense
+
+#: the registry's dense baseline (the one method without a mask), for tables and callers; which
+#: runs are dense is asked of the registry (:func:`maxq.methods.is_dense`), never of this name
+DENSE = next(name for name, spec in METHODS.items() if not spec.sparse)
 METRIC = "best_top1"          # the paper's metric: best-epoch top-1
 CONFIDENCE = 0.95
 SUMMARY_COLUMNS = ("row", "arch", "N", "M", "method", "method_label", "n", "top1_mean",
@@ -79,11 +83,17 @@ def _finished(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["finished"].astype(bool)]
 
 
+def _dense(methods: pd.Series) -> pd.Series:
+    """Which of ``methods`` are dense (:func:`maxq.methods.is_dense`), as a boolean Series."""
+    return methods.map(is_dense).astype(bool)
+
+
 def dense_reference(runs: pd.DataFrame, row: str) -> pd.DataFrame:
-    """The dense runs a row is compared with: the row's own ``DenseConv2dBN`` runs, else those
-    of the study's dense-only rows of the same architecture and width."""
+    """The dense runs a row is compared with: the row's own runs of a dense method
+    (:func:`maxq.methods.is_dense`), else those of the study's dense-only rows of the same
+    architecture and width."""
     runs = _finished(runs)
-    own = runs[(runs["row"] == row) & (runs["method"] == DENSE)]
+    own = runs[(runs["row"] == row) & _dense(runs["method"])]
     if len(own) or not len(runs):
         return own
     this = runs[runs["row"] == row]
@@ -91,7 +101,7 @@ def dense_reference(runs: pd.DataFrame, row: str) -> pd.DataFrame:
         return own
     arch, width = this["arch"].iloc[0], this["width_mult"].iloc[0]
     dense_rows = [r for r, sub in runs.groupby("row", sort=False)
-                  if set(sub["method"]) == {DENSE}]
+                  if _dense(sub["method"]).all()]
     same = runs[runs["row"].isin(dense_rows) & (runs["arch"] == arch)]
     if "width_mult" in same and pd.notna(width):
         same = same[same["width_mult"] == width]
@@ -111,7 +121,7 @@ def summary(runs: pd.DataFrame, metric: str = METRIC) -> pd.DataFrame:
         top5 = metric.replace("top1", "top5")
         dense = dense_reference(runs, row)
         delta = math.nan
-        if method != DENSE and len(dense):
+        if not is_dense(method) and len(dense):
             diffs = paired_differences(sub, dense, metric)
             delta = (float(diffs.mean()) if len(diffs)
                      else mean - float(dense[metric].mean()))
@@ -293,7 +303,7 @@ def summary_markdown(table: pd.DataFrame) -> str:
 
     frame = pd.DataFrame({
         "row": table["row"],
-        "N:M": ["dense" if method == DENSE else f"{n}:{m}"
+        "N:M": ["dense" if is_dense(method) else f"{n}:{m}"
                 for method, n, m in zip(table["method"], table["N"], table["M"])],
         "method": table["method_label"],
         "top-1 mean [95 % CI]": [interval_text(m, lo, hi) for m, lo, hi in zip(
@@ -318,12 +328,13 @@ def interval_text(mean: float, low: float, high: float, signed: bool = False) ->
 
 
 def convergence(epochs: pd.DataFrame, runs: pd.DataFrame, threshold: float = 0.5,
-                method: str = DENSE) -> pd.DataFrame:
-    """Did training converge? Per finished run of ``method`` (the dense baseline by default):
-    validation top-1 gained over its last two epochs (last − two epochs before) and whether
-    that gain is below ``threshold`` points."""
+                method: str | None = None) -> pd.DataFrame:
+    """Did training converge? Per finished run of ``method`` (None: of the dense methods,
+    :func:`maxq.methods.is_dense`): validation top-1 gained over its last two epochs (last − two
+    epochs before) and whether that gain is below ``threshold`` points."""
     done = _finished(runs)
-    done = done[done["method"] == method] if len(done) else done
+    if len(done):
+        done = done[_dense(done["method"]) if method is None else done["method"] == method]
     out = []
     for run in done["run"] if len(done) else []:
         curve = epochs[epochs["run"] == run].sort_values("epoch")["val_top1"].tolist()
@@ -435,6 +446,8 @@ def replication_markdown(table: pd.DataFrame, discovery_source: str = "") -> str
     source = f"Discovery runs: {discovery_source}.\n\n" if discovery_source else ""
     return source + frame.to_markdown(index=False, disable_numparse=True) + "\n\n" + text
 # ============================================================================ N:M leaderboard
+#: the leaderboard's default references, the paper's own comparison (data, like a study file's
+#: method list: which methods to compare with, not what a method is; ``references`` overrides)
 MAXQ = "SoftMaxQConv2DBN"
 SRSTE = "SoftSRSTEConv2dBN"
 LEADERBOARD_COLUMNS = ("row", "N", "M", "density", "method", "method_label", "metric", "n",
@@ -461,12 +474,12 @@ def leaderboard(runs: pd.DataFrame, metrics: Sequence[str] = ("best_top1", "last
             mean, _, low, high, n = mean_interval(sub[metric])
             N, M = int(sub["N"].iloc[0]), int(sub["M"].iloc[0])
             line = {"row": row, "N": N, "M": M,
-                    "density": 1.0 if method == DENSE else N / M, "method": method,
+                    "density": 1.0 if is_dense(method) else N / M, "method": method,
                     "method_label": sub["method_label"].iloc[0], "metric": metric, "n": n,
                     "mean": mean, "ci95_low": low, "ci95_high": high}
             for key, ref in (("vs_maxq", refs["maxq"]), ("vs_srste", refs["srste"])):
                 other = done[(done["row"] == row) & (done["method"] == ref)]
-                if method == ref or method == DENSE or not len(other):
+                if method == ref or is_dense(method) or not len(other):
                     line.update({f"{key}_n": 0, f"{key}_mean": math.nan, f"{key}_low": math.nan,
                                  f"{key}_high": math.nan, f"{key}_verdict": ""})
                     continue
@@ -491,7 +504,7 @@ def leaderboard_markdown(table: pd.DataFrame, metric: str = "best_top1") -> str:
         return (f"{interval_text(r[f'{key}_mean'], r[f'{key}_low'], r[f'{key}_high'], True)} "
                 f"{r[f'{key}_verdict']}")
     frame = pd.DataFrame({
-        "N:M": [("dense" if r["method"] == DENSE else f"{r['N']}:{r['M']}")
+        "N:M": [("dense" if is_dense(r["method"]) else f"{r['N']}:{r['M']}")
                 for _, r in sub.iterrows()],
         "method": sub["method_label"],
         "top-1 [95 % CI]": [interval_text(r["mean"], r["ci95_low"], r["ci95_high"])

@@ -252,6 +252,26 @@ def test_report_command_alone(smoke, tmp_path):
         capture_output=True, text=True, timeout=300)
     assert missing.returncode == 2 and "no run directories of study 'smoke'" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+    # the re-run given as a report's runs table (a committed report whose runs are gone): the
+    # same numbers, its machine "not recorded" when the table predates provenance
+    table = pd.read_csv(tmp_path / "smoke" / "runs.csv").drop(columns=["machine"])
+    table.to_csv(tmp_path / "old-runs.csv", index=False)
+    from_table = subprocess.run(
+        [sys.executable, "-m", "maxq", "report", "smoke", "--runs-root", str(runs),
+         "--reports-root", str(tmp_path), "--rerun-root", str(tmp_path / "old-runs.csv"),
+         "--no-html"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert from_table.returncode == 0, from_table.stderr
+    robust = pd.read_csv(tmp_path / "smoke" / "robustness.csv")
+    assert len(robust) == 4 and (robust["mean_shift"] == 0).all()
+    machines = (tmp_path / "smoke" / "robustness.md").read_text()
+    assert "re-run on machine not recorded (runs table " in machines and "/old-runs.csv)" in machines
+    (tmp_path / "bad.csv").write_text("no,runs\n1,2\n")
+    bad = subprocess.run(
+        [sys.executable, "-m", "maxq", "report", "smoke", "--runs-root", str(runs),
+         "--reports-root", str(tmp_path), "--rerun-root", str(tmp_path / "bad.csv")], cwd=ROOT,
+        capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "not a readable runs table" in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------- a failing row

@@ -125,3 +125,25 @@ def test_status_lines_show_paths_as_the_reports_do(tmp_path):
     assert lines["a"]["run_dir"] == "runs/shown/a"
     assert lines["a"]["notebook"] == "runs/shown/a/row.ipynb"
     assert lines["b"]["run_dir"] == str(tmp_path / "shown" / "b")
+
+
+def test_runs_table_shows_run_folders_as_the_reports_do(tmp_path):
+    """The runs table (runs.csv of every report) names run folders inside the checkout
+    relative to it, like status.csv; outside it, as they are."""
+    import json
+
+    from maxq import results
+
+    for root in (ROOT / "runs", tmp_path):
+        folder = root / "shown-runs-table" / "r1"
+        folder.mkdir(parents=True)
+        try:
+            (folder / "config.json").write_text(json.dumps({"method": "SoftMaxQConv2DBN",
+                                                            "seed": 0, "N": 2, "M": 4}))
+            table = results.load_run(folder).runs
+            expected = ("runs/shown-runs-table/r1" if root != tmp_path else str(folder))
+            assert list(table["run_dir"]) == [expected]
+        finally:
+            if root != tmp_path:
+                import shutil
+                shutil.rmtree(root / "shown-runs-table")

@@ -91,3 +91,28 @@ def test_reports_name_the_machine_and_old_runs_still_load(run, tmp_path):
                                          res.runs[res.runs["seed"] == 1])
     assert compared.startswith(f"Machines compared: reference runs on {new_label} (1 run); "
                                f"re-run on {old_label} (1 run).")
+
+
+def test_dirty_means_the_kit_changed_not_its_committed_records(tmp_path):
+    """A re-made sample run or a re-rendered report (tracked records) leaves the flag clean; a
+    changed tracked file of the kit sets it; untracked files never do."""
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,
+                       env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+                            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"})
+
+    for name in ("maxq/train.py", "samples/sample/r/result.json", "reports/cpu/report.html",
+                 "runs/README.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("v1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "c")
+    assert provenance.git_state(tmp_path)["dirty"] is False
+    for name in ("samples/sample/r/result.json", "reports/cpu/report.html", "runs/README.md"):
+        (tmp_path / name).write_text("v2\n")
+    (tmp_path / "untracked.py").write_text("x\n")
+    assert provenance.git_state(tmp_path / "maxq")["dirty"] is False    # from a subfolder too
+    (tmp_path / "maxq" / "train.py").write_text("v2\n")
+    state = provenance.git_state(tmp_path)
+    assert state["dirty"] is True and len(state["commit"]) == 40
