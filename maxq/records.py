@@ -459,11 +459,19 @@ def check_config(obj: Any) -> str:
     return ""
 
 
-def check_metrics_row(obj: Any) -> str:
+def _epoch_row_problem(obj: Any) -> str:
+    """What is wrong with the part every per-epoch row shares (an object with an epoch)."""
     if not isinstance(obj, dict):
         return f"not a JSON object but {type(obj).__name__}"
     if not _is_count(obj.get("epoch")):
         return f"epoch is {obj.get('epoch')!r}, not an integer >= 0"
+    return ""
+
+
+def check_metrics_row(obj: Any) -> str:
+    problem = _epoch_row_problem(obj)
+    if problem:
+        return problem
     for key in METRIC_KEYS[1:]:
         problem = _check_value(key, obj.get(key))
         if problem:
@@ -472,10 +480,9 @@ def check_metrics_row(obj: Any) -> str:
 
 
 def check_layers_row(obj: Any) -> str:
-    if not isinstance(obj, dict):
-        return f"not a JSON object but {type(obj).__name__}"
-    if not _is_count(obj.get("epoch")):
-        return f"epoch is {obj.get('epoch')!r}, not an integer >= 0"
+    problem = _epoch_row_problem(obj)
+    if problem:
+        return problem
     if not isinstance(obj.get("layer"), str):
         return f"layer is {obj.get('layer')!r}, not a name"
     for key in ("nm_share", "flipped"):
