@@ -29,12 +29,16 @@ FORMATS = ("png", "svg")
 
 def save_figure(fig: Figure, path_stem: str | os.PathLike, *, dpi: int = 120,
                 close: bool = False) -> list[Path]:
-    """Write ``<stem>.png`` and ``<stem>.svg`` atomically; returns the paths."""
+    """Write ``<stem>.png`` and ``<stem>.svg`` atomically; returns the paths. The same figure
+    gives the same bytes on every render (no date in the SVG, its element ids salted by the
+    file name), so re-rendering a report from the same runs leaves its figures unchanged."""
     stem = Path(path_stem)
     paths = []
     for fmt in FORMATS:
         buffer = io.BytesIO()
-        fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight")
+        with plt.rc_context({"svg.hashsalt": stem.name}):
+            fig.savefig(buffer, format=fmt, dpi=dpi, bbox_inches="tight",
+                        metadata={"Date": None} if fmt == "svg" else None)
         path = stem.with_name(stem.name + f".{fmt}")
         records.atomic_write_bytes(path, buffer.getvalue())
         paths.append(path)

@@ -195,7 +195,8 @@ def _execute_main(spec_json: str) -> int:
 
         papermill.execute_notebook(
             spec["input"], spec["output"], parameters=spec["parameters"],
-            kernel_name=KERNEL_NAME, progress_bar=False, log_output=True, cwd=spec["cwd"],
+            kernel_name=KERNEL_NAME, progress_bar=False, log_output=True,
+            cwd=None,  # the subprocess already runs in spec["cwd"]; the log names no folder
             request_save_on_cell_execute=True)
         if spec.get("html"):
             import nbconvert

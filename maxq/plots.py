@@ -365,7 +365,8 @@ def accuracy_vs_flops(summary: pd.DataFrame, gflops: pd.DataFrame, *, title: str
 
 def top1_bars(runs: pd.DataFrame, *, metric: str = "best_top1", title: str = "") -> Figure:
     """Bars per row and method: mean over seeds with seaborn's 95 % CI (bootstrap over the
-    seeds); the value axis starts at 0."""
+    seeds, resampled with a fixed seed so the same runs draw the same bars); the value axis
+    starts at 0."""
     import seaborn as sns
 
     runs = runs[runs["finished"].astype(bool)] if len(runs) else runs
@@ -377,7 +378,7 @@ def top1_bars(runs: pd.DataFrame, *, metric: str = "best_top1", title: str = "")
                for m in dict.fromkeys(runs["method"])}
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2.5), 4.0))
     sns.barplot(data=runs, x="row", y=metric, hue="method_label", order=rows, hue_order=labels,
-                errorbar=("ci", 95), capsize=0.1, palette=palette, ax=ax)
+                errorbar=("ci", 95), seed=0, capsize=0.1, palette=palette, ax=ax)
     ax.set_ylim(0, 100)
     ax.set_xlabel("")
     ax.set_ylabel(f"{metric.replace('_', ' ').replace('top1', 'top-1')} (%), axis from 0")

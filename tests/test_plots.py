@@ -103,6 +103,22 @@ def test_save_figure_keeps_dots_in_names(tmp_path):
     assert [p.name for p in paths] == ["layer1.0.conv1.png", "layer1.0.conv1.svg"]
 
 
+def test_the_same_figure_saves_to_the_same_bytes(res, tmp_path):
+    # a report re-rendered from the same runs must not churn its committed figures
+    # (matplotlib writes the date into an SVG and random element ids by default)
+    finished = res.runs[res.runs["finished"].astype(bool)]
+    runs = pd.concat([finished.assign(seed=finished["seed"] + 10 * k,
+                                      best_top1=finished["best_top1"] + 0.37 * k * k)
+                      for k in range(5)], ignore_index=True)   # 5+ distinct values per bar
+    saved = []
+    for folder in ("first", "second"):
+        fig = plots.top1_bars(runs)       # its CI is a bootstrap: resampled the same way
+        saved.append([p.read_bytes() for p in plots.save_figure(fig, tmp_path / folder / "top1_bars",
+                                                                close=True)])
+    assert saved[0] == saved[1]
+    assert b"<dc:date>" not in saved[0][1]
+
+
 def test_evidence_figures_show_intervals_and_start_bars_at_zero(res):
     summary = stats.summary(res.runs)
     fig = plots.accuracy_vs_flops(summary, results.proxy_gflops(res.runs))

@@ -3,6 +3,7 @@ follow from their own runs: every mean and interval of ``summary.csv`` is recomp
 ``runs.csv``, every verdict of ``claims.csv`` and ``ablation.csv`` from its interval."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,34 @@ SUMMARY_CONTRACT = ("row", "arch", "N", "M", "method", "n", "top1_mean", "top1_s
                     "top1_ci95_low", "top1_ci95_high", "dead_weight_share", "paper_top1")
 CLAIMS_CONTRACT = ("claim", "row", "method_a", "method_b", "n_pairs", "delta_mean",
                    "delta_ci95_low", "delta_ci95_high", "verdict")
+
+
+#: committed reports rendered before ``maxq report`` gave its notebook relative paths; re-rendered,
+#: a report leaves this set (it only shrinks: the test fails on a member that passes)
+ABSOLUTE_PATH_REPORTS = {"claims-12ep", "ablation-12ep"}
+
+
+def _machine_paths(report: str) -> list[str]:
+    """The absolute paths a committed report's notebook and papermill log record as its inputs
+    and outputs (parameters, papermill's input/output path, the log's first lines)."""
+    folder = REPORTS / report
+    papermill = json.loads((folder / "report.ipynb").read_text(encoding="utf-8"))[
+        "metadata"]["papermill"]
+    recorded = [papermill.get("input_path"), papermill.get("output_path"),
+                *(value for value in papermill["parameters"].values() if isinstance(value, str))]
+    log = (folder / "papermill.log").read_text(encoding="utf-8").splitlines()[:3]
+    recorded += [line.split("Notebook:", 1)[1].strip() for line in log if "Notebook:" in line]
+    recorded += [line for line in log if "Working directory" in line]
+    return [text for text in recorded if text and (text.startswith("/") or "Working" in text)]
+
+
+@pytest.mark.parametrize("report", COMMITTED)
+def test_a_committed_report_names_no_machine_folder(report):
+    found = _machine_paths(report)
+    if report in ABSOLUTE_PATH_REPORTS:
+        assert found, f"{report} now records relative paths: remove it from ABSOLUTE_PATH_REPORTS"
+    else:
+        assert found == []
 
 
 def test_the_evidence_reports_are_committed():
