@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from maxq import batch, executors, records, studies
+from study_files import slow_study
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -213,25 +214,7 @@ def test_rerun_skips_done_runs_and_submits_nothing(local_smoke):
     assert {line["state"] for line in studies.read_status("smoke", runs).values()} == {"skipped"}
 
 
-PREEMPT_STUDY = """
-[study]
-methods = ["SoftMaxQConv2DBN"]
-[defaults]
-set = "FashionMNIST"
-arch = "mobilenet_v3_small"
-train_subset = 128
-val_subset = 64
-batch_size = 32
-epochs = 3
-increase_end = 2
-lr = 0.05
-workers = 0
-print_freq = 1
-snapshot_epochs = 1
-device = "cpu"
-[[rows]]
-id = "mbv3"
-"""
+PREEMPT_STUDY = slow_study(defaults="lr = 0.05\nsnapshot_epochs = 1\n")
 
 
 def _children(pid: int) -> list[int]:

@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from maxq import records, studies
+from study_files import slow_study, tiny_study
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
@@ -38,23 +39,7 @@ def _until(check, proc: subprocess.Popen, what: str, timeout: float = 600):
 
 
 # ----------------------------------------------------------------------------- SIGTERM
-SLOW_STUDY = """
-[study]
-methods = ["SoftMaxQConv2DBN"]
-[defaults]
-set = "FashionMNIST"
-arch = "mobilenet_v3_small"
-train_subset = 128
-val_subset = 64
-batch_size = 32
-epochs = 3
-increase_end = 2
-workers = 0
-print_freq = 1
-device = "cpu"
-[[rows]]
-id = "mbv3"
-"""
+SLOW_STUDY = slow_study()
 
 
 @pytest.mark.e2e
@@ -86,29 +71,10 @@ def test_sigterm_to_a_submitit_local_batch_stops_its_job(tmp_path):
 
 
 # ----------------------------------------------------------------------------- a small study
-TWO_SEEDS = """
-[study]
+TWO_SEEDS = tiny_study(study="""\
 description = "two seeds of one tiny cell"
-methods = ["SoftMaxQConv2DBN"]
 seeds = [0, 1]
-[defaults]
-set = "FashionMNIST"
-arch = "mobilenet_v1"
-image_size = 16
-train_subset = 32
-val_subset = 32
-batch_size = 32
-epochs = 1
-increase_start = 0
-increase_end = 1
-workers = 0
-device = "cpu"
-snapshot_epochs = 1
-[[rows]]
-id = "r"
-N = 2
-M = 4
-"""
+""", defaults="snapshot_epochs = 1\n")
 
 
 def _train(run_dir: Path, *extra: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -16,6 +16,7 @@ import pytest
 
 from maxq import batch, plots, records, results, studies
 
+from study_files import tiny_study
 from test_results import markdown_rows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -275,20 +276,7 @@ def test_report_command_alone(smoke, tmp_path):
 
 
 # ----------------------------------------------------------------------------- a failing row
-FAILING = """
-[study]
-methods = ["SoftMaxQConv2DBN"]
-[defaults]
-set = "FashionMNIST"
-image_size = 16
-train_subset = 32
-val_subset = 32
-batch_size = 32
-epochs = 1
-increase_start = 0
-increase_end = 1
-device = "cpu"
-workers = 0
+FAILING = tiny_study(rows="""\
 [[rows]]
 id = "good"
 arch = "mobilenet_v1"
@@ -299,7 +287,7 @@ id = "broken"
 arch = "mobilenet_v1"
 N = {n}
 M = 4
-"""
+""")
 
 
 def test_a_failing_row_does_not_stop_the_others_and_is_retried_alone(tmp_path, capsys):

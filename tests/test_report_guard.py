@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from maxq import batch, cli, records, results
+from study_files import tiny_study
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
@@ -59,27 +60,9 @@ def test_report_notebook_alone_refuses_a_study_without_runs(tmp_path):
     assert _files(reports) == before
 
 
-TINY_STUDY = """
-[study]
+TINY_STUDY = tiny_study(study="""\
 description = "a tiny study <script>document.title='owned'</script> <img src=x onerror=alert(1)>"
-methods = ["SoftMaxQConv2DBN"]
-[defaults]
-set = "FashionMNIST"
-image_size = 16
-train_subset = 32
-val_subset = 32
-batch_size = 32
-epochs = 1
-increase_start = 0
-increase_end = 1
-device = "cpu"
-workers = 0
-[[rows]]
-id = "r"
-arch = "mobilenet_v1"
-N = 2
-M = 4
-"""
+""")
 
 
 @pytest.fixture(scope="module")
