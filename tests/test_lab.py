@@ -422,11 +422,6 @@ def test_reports_show_a_figure_or_table_in_every_section(clone, browser, tmp_pat
           "screenshots:", page.shots)
 
 
-#: committed reports still rendered by the template before sections were shown only with a table
-#: or figure (their runs are not on the machine that re-rendered the others); each leaves this list
-#: when its study is retrained and re-rendered, and an entry whose report passes fails the test,
-#: so the list only shrinks
-LEGACY_REPORTS = {"ablation-12ep"}
 #: the first folders of absolute paths a report must not hold (a machine's checkout, home, temp)
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:work|home|root|tmp|Users|mnt|scratch)/")
 
@@ -439,8 +434,9 @@ def test_committed_reports_show_a_figure_or_table_in_every_section(clone, browse
 
     page = Page(browser, tmp_path)
     pages = sorted((clone / "reports").glob("*/report.html"))
-    assert {p.parent.name for p in pages} >= {"claims", "claims-heldout", "benchmark", "cpu"}
-    checked, still_legacy = {}, set()
+    assert {p.parent.name for p in pages} >= {"claims", "claims-heldout", "claims-12ep", "benchmark",
+                                              "cpu", "ablation", "ablation-12ep"}
+    checked = {}
     for html in pages:
         study = html.parent.name
         browser.get(html.as_uri())
@@ -469,11 +465,7 @@ def test_committed_reports_show_a_figure_or_table_in_every_section(clone, browse
         if len(sections) < 4:
             problems.append(f"only {len(sections) - 1} sections")
         checked[study] = problems
-        if study in LEGACY_REPORTS and problems:
-            still_legacy.add(study)
     page.shot("last-report")
-    broken = {s: p for s, p in checked.items() if p and s not in LEGACY_REPORTS}
+    broken = {s: p for s, p in checked.items() if p}
     assert not broken, broken
-    assert LEGACY_REPORTS - still_legacy == set(), (
-        f"now passing, remove from LEGACY_REPORTS: {LEGACY_REPORTS - still_legacy}")
     print("committed reports:", {s: p or "ok" for s, p in checked.items()})

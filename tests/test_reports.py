@@ -20,11 +20,6 @@ CLAIMS_CONTRACT = ("claim", "row", "method_a", "method_b", "n_pairs", "delta_mea
                    "delta_ci95_low", "delta_ci95_high", "verdict")
 
 
-#: committed reports rendered before ``maxq report`` gave its notebook relative paths; re-rendered,
-#: a report leaves this set (it only shrinks: the test fails on a member that passes)
-ABSOLUTE_PATH_REPORTS = {"ablation-12ep"}
-
-
 def _machine_paths(report: str) -> list[str]:
     """The absolute paths a committed report's notebook and papermill log record as its inputs
     and outputs (parameters, papermill's input/output path, the log's first lines)."""
@@ -41,11 +36,8 @@ def _machine_paths(report: str) -> list[str]:
 
 @pytest.mark.parametrize("report", COMMITTED)
 def test_a_committed_report_names_no_machine_folder(report):
-    found = _machine_paths(report)
-    if report in ABSOLUTE_PATH_REPORTS:
-        assert found, f"{report} now records relative paths: remove it from ABSOLUTE_PATH_REPORTS"
-    else:
-        assert found == []
+    # the notebook ran in the checkout and got paths relative to it (maxq report)
+    assert _machine_paths(report) == []
 
 
 def test_the_evidence_reports_are_committed():
