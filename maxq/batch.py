@@ -37,7 +37,7 @@ from typing import Any, Callable, Sequence
 from tabulate import tabulate
 
 from maxq import records, slurm_options
-from maxq.paths import base
+from maxq.paths import base, base_relative
 from maxq.errors import StudyError, StudyOptionsError
 from maxq.executors import (DEFAULT_EXECUTOR, EXECUTORS, Batch, executor_class,
                             print_status)
@@ -327,16 +327,6 @@ def format_rows(rows: Sequence[Row], root: str | os.PathLike | None = None) -> s
 
 
 # ----------------------------------------------------------------------------- report
-def _notebook_path(path: str | os.PathLike) -> str:
-    """``path`` for the report notebook, which runs in :func:`maxq.paths.base`: relative to it
-    when inside (what the committed report.ipynb and papermill.log show), else absolute."""
-    path = Path(path).expanduser().resolve()
-    try:
-        return path.relative_to(base().resolve()).as_posix() or "."
-    except ValueError:
-        return str(path)
-
-
 def render_report(study: "str | os.PathLike | Study", *, runs: str | os.PathLike | None = None,
                   reports: str | os.PathLike | None = None, notebook: str | os.PathLike | None = None,
                   html: bool = True, timeout: float | None = None,
@@ -370,27 +360,27 @@ def render_report(study: "str | os.PathLike | Study", *, runs: str | os.PathLike
     except NotebookError as exc:
         return False, str(exc), html_path
     results.check_report(results.load(spec, runs), reports, force=force, runs_root=runs)
-    # the notebook runs in paths.base() and gets paths as reports show them (relative to it
-    # when inside): the committed report.ipynb and papermill.log name no machine's folders
-    parameters = {"study": _notebook_path(spec.path), "runs_root": _notebook_path(runs_root(runs))}
+    # the notebook runs in paths.base() and gets paths relative to it (when inside): the
+    # committed report.ipynb and papermill.log name no machine's folders
+    parameters = {"study": base_relative(spec.path), "runs_root": base_relative(runs_root(runs))}
     if rerun is not None and Path(rerun).suffix == ".csv":
-        parameters["rerun_root"] = _notebook_path(results.rerun_table(rerun, spec.name)[1])
+        parameters["rerun_root"] = base_relative(results.rerun_table(rerun, spec.name)[1])
     elif rerun is not None:
         rerun_dir = runs_root(rerun).resolve()
         if not (rerun_dir / spec.name).is_dir():
             raise StudyError(f"--rerun-root {rerun}: no run directories of study "
                              f"'{spec.name}' in {rerun_dir / spec.name}")
-        parameters["rerun_root"] = _notebook_path(rerun_dir)
+        parameters["rerun_root"] = base_relative(rerun_dir)
     root.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{spec.name}.render-", dir=root))
     staged = stage / spec.name
     try:
-        parameters.update(reports_root=_notebook_path(root), force=bool(force),
-                          report_folder=_notebook_path(staged))
+        parameters.update(reports_root=base_relative(root), force=bool(force),
+                          report_folder=base_relative(staged))
         staged_html = staged / "report.html"
-        ok, error = execute_notebook(_notebook_path(nb), _notebook_path(staged / REPORT_NOTEBOOK), parameters,
-                                     log_path=staged / PAPERMILL_LOG, cwd=base(),
-                                     html_path=_notebook_path(staged_html) if html else None,
+        ok, error = execute_notebook(base_relative(nb), base_relative(staged / REPORT_NOTEBOOK),
+                                     parameters, log_path=staged / PAPERMILL_LOG, cwd=base(),
+                                     html_path=base_relative(staged_html) if html else None,
                                      timeout=timeout)
         if ok:
             ok, error = _check_rendered(staged, html)

@@ -97,7 +97,7 @@ def execute_notebook(input_path: str | os.PathLike, output_path: str | os.PathLi
     fd, error_file = tempfile.mkstemp(prefix="maxq-batch-", suffix=".err")
     os.close(fd)
     spec = {"input": str(input_path), "output": str(output_path), "parameters": parameters,
-            "cwd": str(cwd or Path.cwd()), "error_file": error_file, "html": html_path}
+            "error_file": error_file, "html": html_path}
     cmd = [sys.executable, "-m", "maxq.notebook_exec", json.dumps(spec)]
     try:
         with open(log_path, "wb") as log:
@@ -196,7 +196,7 @@ def _execute_main(spec_json: str) -> int:
         papermill.execute_notebook(
             spec["input"], spec["output"], parameters=spec["parameters"],
             kernel_name=KERNEL_NAME, progress_bar=False, log_output=True,
-            cwd=None,  # the subprocess already runs in spec["cwd"]; the log names no folder
+            cwd=None,  # already in execute_notebook's cwd; the log names no folder
             request_save_on_cell_execute=True)
         if spec.get("html"):
             import nbconvert

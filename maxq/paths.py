@@ -73,15 +73,31 @@ def kit_file(name: str, file: str) -> Path:
     return kit_dir(name) / file
 
 
+def _inside_base(path: Path) -> str | None:
+    """``path`` relative to :func:`base` (``"."`` for the base itself), or None outside it."""
+    try:
+        return path.resolve().relative_to(base().resolve()).as_posix() or "."
+    except ValueError:
+        return None
+
+
+def base_relative(path: str | os.PathLike) -> str:
+    """``path`` for a process that runs in :func:`base` (the report notebook): relative to it
+    when inside, so what that process records names no machine's folders; else absolute."""
+    path = Path(path).expanduser()
+    inside = _inside_base(path)
+    return inside if inside is not None else str(path.resolve())
+
+
 def shown(path: str | os.PathLike) -> str:
     """``path`` as a report or message shows it: relative to :func:`base` when inside it
     (``runs/claims``), so committed reports hold no machine's absolute paths; else as given,
     the home folder written ``~``."""
     path = Path(path).expanduser()
-    try:
-        return path.resolve().relative_to(base().resolve()).as_posix() or "."
-    except ValueError:
-        home = str(Path.home())
-        text = str(path)
-        return "~" + text[len(home):] if home not in ("", "/") and text.startswith(home + "/") \
-            else text
+    inside = _inside_base(path)
+    if inside is not None:
+        return inside
+    home = str(Path.home())
+    text = str(path)
+    return "~" + text[len(home):] if home not in ("", "/") and text.startswith(home + "/") \
+        else text

@@ -83,6 +83,18 @@ def test_an_installed_kit_uses_the_working_directory(monkeypatch, tmp_path):
     assert paths.shown(tmp_path / "runs" / "smoke") == "runs/smoke"
 
 
+def test_paths_for_the_report_notebook_are_relative_inside_the_checkout_else_absolute(
+        monkeypatch, tmp_path):
+    """What ``maxq report`` hands its notebook (run in the base): a committed report then
+    records ``reports/claims``, never the machine's checkout; outside the base the path stays
+    usable by the notebook (absolute, no ``~`` as :func:`paths.shown` writes for messages)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert paths.base_relative(ROOT / "reports" / "claims") == "reports/claims"
+    assert paths.base_relative(ROOT) == "."
+    assert paths.base_relative(tmp_path / "runs") == str((tmp_path / "runs").resolve())
+    assert paths.shown(tmp_path / "runs") == "~/runs"
+
+
 def test_notebooks_and_studies_are_package_data_with_one_copy():
     """maxq/notebooks and maxq/studies are links to the top-level folders (no second copy that
     could drift), and pyproject ships exactly those files."""
