@@ -185,9 +185,5 @@ def load_masks(run_dir: str | os.PathLike, epochs: Iterable[int] | None = None,
     """Mask snapshots ``{epoch: {layer: {"hard": bool, "soft": float32}}}`` of one run."""
     available = records.mask_snapshot_epochs(run_dir)
     wanted = available if epochs is None else [e for e in epochs if e in available]
-    keep = None if layers is None else set(layers)
-    out = {}
-    for epoch in wanted:
-        snap = records.load_mask_snapshot(run_dir, epoch)
-        out[epoch] = {k: v for k, v in snap.items() if keep is None or k in keep}
-    return out
+    keep = None if layers is None else set(layers)      # a set: read once, used every epoch
+    return {epoch: records.load_mask_snapshot(run_dir, epoch, keep) for epoch in wanted}
