@@ -164,9 +164,8 @@ def fairness_card(results: "Results") -> pd.DataFrame:
             extra = "backward mask over permuted outputs (100 candidates / 100 steps)"
         decay = first.get("decay", np.nan)
         r50 = paper_cost("resnet50", N, M) if not dense_method else paper_cost("resnet50", 2, 4)
-        cfg = results.runs[results.runs["run"] == first["run"]].iloc[0]
-        recipe = (f"SGD lr {cfg.get('lr')} {cfg.get('lr_policy', '')}, wd "
-                  f"{cfg.get('weight_decay')}, batch {cfg.get('batch_size')}")
+        recipe = (f"SGD lr {first.get('lr')} {first.get('lr_policy', '')}, wd "
+                  f"{first.get('weight_decay')}, batch {first.get('batch_size')}")
         out.append({
             "row": row, "N:M": "dense" if dense_method else f"{N}:{M}",
             "method": first["method_label"], "epochs": epochs,

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from maxq import cost, models
-from maxq.methods import METHODS
+from maxq.methods import is_dense
 
 #: the paper's input (ImageNet, 224 px) for the cost columns
 PAPER_INPUT = (3, 224, 224)
@@ -57,7 +57,7 @@ def proxy_gflops(runs: pd.DataFrame) -> pd.DataFrame:
         small = bool(first["small_input"]) if pd.notna(first["small_input"]) else False
         channels = int(first["in_channels"]) if pd.notna(first["in_channels"]) else 3
         size = int(first["image_size"]) if pd.notna(first["image_size"]) else 224
-        dense = method in METHODS and not METHODS[method].sparse
+        dense = is_dense(method)
         out.append({"row": row, "method": method, "gflops": _proxy_cost_cached(
             str(first["arch"]), int(first["N"]), int(first["M"]), dense, width, small, channels,
             size)})
