@@ -55,9 +55,12 @@ class Meter:
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hits = top.eq(target.view(-1, 1))
+        # torch.full, not torch.tensor(n, device=...): the latter copies from the host and
+        # blocks on CUDA until the step's queued work is done
         self.sums += torch.stack([loss.detach().double() * n, hits[:, :1].sum().double(),
-                                  hits.sum().double(), torch.tensor(n, dtype=torch.float64,
-                                                                    device=hits.device)])
+                                  hits.sum().double(),
+                                  torch.full((), float(n), dtype=torch.float64,
+                                             device=hits.device)])
 
     def totals(self, rt: Runtime | None = None) -> dict[str, float]:
         """Mean loss and top-1/top-5 in percent, summed over all processes when ``rt`` is given."""
