@@ -69,10 +69,13 @@ def config_json_mismatch(run_dir: Path, cfg: TrainConfig) -> list[str]:
 
 def run_environment(rt: Runtime) -> dict[str, Any]:
     """Versions and device, for config.json."""
+    # CPU model and flags, torch build (BLAS, oneDNN), threads, git state, host hash: computed
+    # once (git runs twice in a subprocess), the older top-level tables take theirs from it
+    prov = provenance.provenance()
     device = {"type": rt.device.type, "world_size": rt.world_size,
               "amp": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else "off",
               "threads": torch.get_num_threads(),
-              "host_sha256": provenance.host_hash(),
+              "host_sha256": prov["host_sha256"],
               "cpu": platform.processor() or platform.machine()}
     if rt.device.type == "cuda":
         device["name"] = torch.cuda.get_device_name(rt.device)
@@ -83,10 +86,9 @@ def run_environment(rt: Runtime) -> dict[str, Any]:
                      "maxq": maxq.__version__, "cuda": torch.version.cuda,
                      "cudnn": (torch.backends.cudnn.version() if torch.cuda.is_available()
                                else None)},
-        "git": provenance.git_state(),
+        "git": prov["git"],
         "device": device,
-        # CPU model and flags, torch build (BLAS, oneDNN), threads, host hash: maxq.provenance
-        "provenance": provenance.provenance(),
+        "provenance": prov,
         "command": list(sys.argv),
     }
 
