@@ -297,8 +297,7 @@ def option_errors(study: "str | os.PathLike | Study",
               (f"{study.path} [study]", {"conv_bn_type": list(study.methods),
                                          "seed": list(study.seeds)})]
     for row in study.rows:
-        own = {k: v for k, v in row.items() if k not in _ROW_META_KEYS
-               and not k.startswith("paper_")}
+        own = _row_options(row)
         if "method" in row or "methods" in row:
             own["conv_bn_type"] = row.get("method", row.get("methods"))
         if "seeds" in row:
@@ -313,6 +312,12 @@ def option_errors(study: "str | os.PathLike | Study",
             errors += [f"{where}: {problem}" for v in values
                        for problem in config.option_problems({key: v})]
     return errors
+
+
+def _row_options(row: dict[str, Any]) -> dict[str, Any]:
+    """A ``[[rows]]`` table's training options: all but its runner keys (id, method(s),
+    seeds, arms, ...) and its ``paper_*`` figures."""
+    return {k: v for k, v in row.items() if k not in _ROW_META_KEYS and not k.startswith("paper_")}
 
 
 def run_id(table_row: str, method: str, seed: int) -> str:
@@ -335,8 +340,7 @@ def expand(study: "str | os.PathLike | Study",
             methods = _as_tuple(row.get("methods", study.methods), str, f"row {row['id']} methods")
         seeds = _as_tuple(row.get("seeds", study.seeds), int, f"row {row['id']} seeds")
         params = dict(study.defaults)
-        params.update({k: v for k, v in row.items()
-                       if k not in _ROW_META_KEYS and not k.startswith("paper_")})
+        params.update(_row_options(row))
         params.update(options)
         paper = {k: v for k, v in row.items() if k.startswith("paper_")}
         arms = {str(k): str(v) for k, v in row.get("arms", {}).items()}
