@@ -44,10 +44,8 @@ from maxq.executors import (DEFAULT_EXECUTOR, EXECUTORS, Batch, executor_class,
 # the notebook and run-one-row pieces, importable from here as before the split
 from maxq.notebook_exec import (PACKAGE_ROOT, PAPERMILL_LOG, REPORT_NOTEBOOK,  # noqa: F401
                                 ROW_NOTEBOOK, STOP, NotebookError, _kernel_env,
-                                execute_notebook, html_exporter, notebook_parameters,
-                                notebook_path, one_line)
-from maxq.rowrun import (Outcome, StatusTable, check_row_notebook,  # noqa: F401
-                         config_mismatch, plan_row, run_row)
+                                execute_notebook, notebook_parameters, notebook_path, one_line)
+from maxq.rowrun import Outcome, StatusTable, check_row_notebook, plan_row  # noqa: F401
 from maxq.studies import (Row, Study, load_study, option_errors, parse_shard,  # noqa: F401
                           report_dir, reports_root, resolve, runs_root, status_path)
 

@@ -27,12 +27,11 @@ from tabulate import tabulate
 from maxq import jobs as submitit_jobs
 from maxq import notebook_exec, records, studies
 from maxq.errors import StudyError
-from maxq.jobs import (EVENTS, JOBS_DIR, LOCAL_TIME_MIN, MAX_TIMEOUTS,  # noqa: F401 (re-exported)
-                       SCHEDULER_STATES, SIGNAL_DELAY_S, RowJob, end_local_job, job_state,
-                       jobs_folder, read_events, sbatch_script)
+from maxq.jobs import (MAX_TIMEOUTS, SCHEDULER_STATES, RowJob,  # noqa: F401 (re-exported)
+                       end_local_job, job_state, jobs_folder, read_events, sbatch_script)
 from maxq.notebook_exec import one_line
 from maxq.rowrun import Outcome, StatusTable, run_row
-from maxq.slurm_options import (SLURM_MAX, SlurmOptions, describe, minutes,  # noqa: F401
+from maxq.slurm_options import (SlurmOptions, describe, minutes,  # noqa: F401
                                 options_from)
 
 
@@ -172,8 +171,7 @@ class SubmititExecutor(Executor):
         """Ctrl-C with ``active`` jobs."""
 
     def run(self, todo: Sequence[tuple[studies.Row, dict]]) -> list[Outcome]:
-        self.check()
-        b = self.batch
+        b = self.batch                   # batch.check_input ran cls.check() before the lock
         self.folder = jobs_folder(b.study, b.root)
         self.executor = submitit_jobs.submitit_executor(self.folder, b.options, local=self.local,
                                                         name=f"maxq-{b.study}")
@@ -330,14 +328,6 @@ def executor_class(name: str) -> type[Executor]:
     except KeyError:
         raise StudyError(f"unknown --executor {name!r}; choose one of "
                          f"{', '.join(EXECUTORS)}") from None
-
-
-def make_executor(kind: str, folder: Path, options: SlurmOptions, *, name: str = "maxq"):
-    """The submitit executor the ``submitit-local`` or ``slurm`` executor submits with."""
-    cls = executor_class(kind)
-    if not issubclass(cls, SubmititExecutor):
-        raise StudyError(f"--executor {kind} does not submit submitit jobs")
-    return submitit_jobs.submitit_executor(folder, options, local=cls.local, name=name)
 
 
 # ----------------------------------------------------------------------------- --status

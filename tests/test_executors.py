@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maxq import batch, executors, records, studies
+from maxq import batch, executors, jobs, records, studies
 from study_files import slow_study
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,7 +112,9 @@ def test_the_preview_is_the_file_the_slurm_executor_writes(tmp_path, monkeypatch
     options = executors.SlurmOptions(partition="gpu", gpus_per_run=4, time="12:00:00",
                                      account="lab", constraint="h100")
     folder = tmp_path / "jobs"
-    inner = executors.make_executor("slurm", folder, options, name="maxq-x")._executor
+    # as SlurmExecutor.run builds it
+    inner = jobs.submitit_executor(folder, options, local=executors.SlurmExecutor.local,
+                                   name="maxq-x")._executor
     written = inner._make_submission_file_text(inner._submitit_command_str, "uid")
     assert written == executors.sbatch_script(options, folder, name="maxq-x")
     assert inner.max_num_timeout == executors.MAX_TIMEOUTS
