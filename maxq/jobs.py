@@ -36,12 +36,11 @@ import os
 import signal
 import socket
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from maxq import notebook_exec, studies
-from maxq.rowrun import Outcome, run_row
+from maxq.rowrun import Outcome, run_row, utc_now
 from maxq.slurm_options import SlurmOptions, minutes
 
 JOBS_DIR = "jobs"
@@ -128,7 +127,7 @@ class RowJob:
 
 def _event(folder: str | os.PathLike, event: str, **data: Any) -> None:
     """One line of the job's ``events.jsonl`` (started, requeued, done, failed)."""
-    line = {"event": event, "time": _now(), "host": socket.gethostname(), "pid": os.getpid(),
+    line = {"event": event, "time": utc_now(), "host": socket.gethostname(), "pid": os.getpid(),
             **data}
     Path(folder).mkdir(parents=True, exist_ok=True)
     with open(Path(folder) / EVENTS, "a", encoding="utf-8") as handle:
@@ -146,10 +145,6 @@ def read_events(folder: str | os.PathLike) -> list[dict[str, Any]]:
         except ValueError:
             pass                                  # a line being written
     return out
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ----------------------------------------------------------------------------- executors
@@ -218,8 +213,7 @@ def submit(executor, job: RowJob):
     import submitit
 
     # the job imports this maxq (the one beside the notebooks), whatever else is installed
-    path = os.pathsep.join([str(notebook_exec.PACKAGE_ROOT)] + ([os.environ["PYTHONPATH"]]
-                                                        if os.environ.get("PYTHONPATH") else []))
+    path = notebook_exec.package_pythonpath(os.environ.get("PYTHONPATH"))
     with submitit.helpers.environment_variables(PYTHONPATH=path):
         return executor.submit(job)
 

@@ -69,14 +69,19 @@ def notebook_parameters(path: str | os.PathLike) -> dict[str, Any]:
         raise NotebookError(f"notebook {path}: cannot read its parameters cell: {exc}") from None
 
 
+def package_pythonpath(current: str | None) -> str:
+    """``$PYTHONPATH`` for a kernel or job: this maxq (the one beside the notebooks) first,
+    then ``current``."""
+    return os.pathsep.join([str(PACKAGE_ROOT)] + ([current] if current else []))
+
+
 def _kernel_env(jobs: int) -> dict[str, str]:
     env = dict(os.environ)
     threads = str(max(1, (os.cpu_count() or 1) // max(1, jobs)))
     for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         if jobs > 1 or key not in env:
             env[key] = threads
-    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT)] + (
-        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["PYTHONPATH"] = package_pythonpath(env.get("PYTHONPATH"))
     env["TQDM_DISABLE"] = "1"          # no progress bars inside kernels: logs stay readable
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("MPLBACKEND", None)        # the kernel's inline backend shows the curves

@@ -29,6 +29,11 @@ CONFIG_PARAMETER = "config"
 
 
 # ----------------------------------------------------------------------------- status table
+def utc_now() -> str:
+    """The time as status.csv and job events record it (UTC, seconds: 2026-12-07T15:05:54Z)."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 class StatusTable:
     """Thread-safe ``status.csv``: every update rewrites the file atomically."""
 
@@ -49,7 +54,7 @@ class StatusTable:
                 if key in ("run_dir", "notebook") and value:   # as reports show paths
                     value = paths.shown(value)
                 line[key] = "" if value is None else str(value)
-            line["updated"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            line["updated"] = utc_now()
             self._write()
 
     def _file_lock(self):
