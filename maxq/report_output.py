@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from maxq import paths, records, studies
+from maxq import paths, provenance, records, studies
 from maxq.result_frames import Results, load
 
 def report_dir(results_or_study: Any, reports_root: str | os.PathLike | None = None) -> Path:
@@ -73,7 +73,21 @@ def runs_note(results: Results, runs_root: str | os.PathLike | None = None) -> s
                 f"and figures below are empty. Make the runs with `maxq batch {results.study}`.")
     done = int(results.runs["finished"].sum())
     return (f"{len(results.runs)} runs in `{folder}`, {done} finished.\n\n"
-            + corrupt_markdown(results) + machines_markdown(results.runs))
+            + corrupt_markdown(results) + machines_markdown(results.runs) + "\n"
+            + rendered_markdown())
+
+
+def rendered_markdown(state: dict[str, Any] | None = None) -> str:
+    """Which code rendered the report: the kit's commit (``state``: a
+    :func:`maxq.provenance.git_state`, default this kit's), flagged when the kit's tracked files
+    had uncommitted changes."""
+    state = provenance.git_state() if state is None else state
+    if not state.get("commit"):
+        import maxq
+
+        return f"Rendered by maxq {maxq.__version__} outside a git checkout (no commit known).\n"
+    changed = " with uncommitted changes to the kit" if state.get("dirty") else ""
+    return f"Rendered by the kit at commit `{state['commit'][:7]}`{changed}.\n"
 
 
 def corrupt_markdown(results: Results) -> str:

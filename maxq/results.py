@@ -36,7 +36,8 @@ from maxq.replication_runs import (discovery_runs, rerun_runs, rerun_table,  # n
                                    same_recipe)
 from maxq.report_output import (ReportRefused, check_report, committed_runs,  # noqa: F401
                                 corrupt_markdown, machines, machines_markdown, open_report,
-                                report_dir, results_name, runs_note, save_table, status_frame)
+                                rendered_markdown, report_dir, results_name, runs_note,
+                                save_table, status_frame)
 from maxq.result_frames import (CORRUPT_COLUMNS, RUN_COLUMNS, SCALE_KEYS, Results,  # noqa: F401
                                 load, load_masks, load_run, method_labels)
 from maxq.row_cost import PAPER_INPUT, paper_cost, proxy_gflops  # noqa: F401

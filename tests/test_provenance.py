@@ -87,6 +87,11 @@ def test_reports_name_the_machine_and_old_runs_still_load(run, tmp_path):
     assert f"torch {torch.__version__}" in new_label
     note = results.runs_note(res, root)
     assert f"Made on: {new_label} (1 run); {old_label} (1 run)." in note
+    commit = provenance.git_state()["commit"]
+    assert f"Rendered by the kit at commit `{commit[:7]}`" in note
+    assert results.rendered_markdown({"commit": "0123456789ab", "dirty": True}) == (
+        "Rendered by the kit at commit `0123456` with uncommitted changes to the kit.\n")
+    assert "no commit known" in results.rendered_markdown({"commit": None, "dirty": None})
     compared = results.machines_markdown(res.runs[res.runs["seed"] == 0],
                                          res.runs[res.runs["seed"] == 1])
     assert compared.startswith(f"Machines compared: reference runs on {new_label} (1 run); "
