@@ -294,38 +294,30 @@ def _error(fn, *args, **kwargs) -> str:
 def test_bad_checkpoints_are_refused_naming_the_first_mismatch(tmp_path):
     state = official_state("resnet50-2of4", 2, 4)
     good = save_checkpoint(tmp_path / "good.pth", state, "resnet50")
+    bad = tmp_path / "bad.pth"        # each bad file overwrites the last: one ResNet-50 on disk
+
+    def refusal(bad_state: dict, **kwargs) -> str:
+        save_checkpoint(bad, bad_state, "resnet50", **kwargs)
+        return _error(official.read_official, bad, "resnet50", 2, 4)
+
     assert "keys are those of resnet50" in _error(official.read_official, good, "resnet18", 2, 4)
     msg = _error(official.read_official, good, "resnet50", 1, 4)
     assert "--N 1 --M 4 does not fit" in msg and "layer1.0.convbn1.mask" in msg and "2:4" in msg
-    sixteen = save_checkpoint(tmp_path / "1of16.pth", official_state("resnet50-1of16", 1, 16),
-                              "resnet50")
-    assert "looks 1:16" in _error(official.read_official, sixteen, "resnet50", 2, 4)
+    assert "looks 1:16" in refusal(official_state("resnet50-1of16", 1, 16))
     missing = dict(state)
     del missing["layer3.2.convbn2.scale.running_var"]
-    msg = _error(official.read_official, save_checkpoint(tmp_path / "m.pth", missing, "resnet50"),
-                 "resnet50", 2, 4)
-    assert "missing key layer3.2.convbn2.scale.running_var" in msg
+    assert "missing key layer3.2.convbn2.scale.running_var" in refusal(missing)
     extra = {**state, "layer4.2.convbn3.extra": torch.zeros(1)}
-    msg = _error(official.read_official, save_checkpoint(tmp_path / "x.pth", extra, "resnet50"),
-                 "resnet50", 2, 4)
-    assert "unexpected key layer4.2.convbn3.extra" in msg
+    assert "unexpected key layer4.2.convbn3.extra" in refusal(extra)
     shaped = {**state, "fc.weight": torch.zeros(10, 2048)}
-    msg = _error(official.read_official, save_checkpoint(tmp_path / "s.pth", shaped, "resnet50"),
-                 "resnet50", 2, 4)
-    assert "fc.bias has shape [1000], resnet50 needs [10]" in msg
+    assert "fc.bias has shape [1000], resnet50 needs [10]" in refusal(shaped)
     binary = {k: (v.clamp(max=1) * 0.5 if k.endswith(".mask") else v) for k, v in state.items()}
-    assert "soft-mask range" in _error(
-        official.read_official, save_checkpoint(tmp_path / "b.pth", binary, "resnet50"),
-        "resnet50", 2, 4)
-    truncated = tmp_path / "t.pth"
-    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    assert "truncated" in _error(official.read_official, truncated, "resnet50", 2, 4)
-    objects = tmp_path / "o.pth"
-    save_checkpoint(objects, state, "resnet50", extra={"args": pickle.PicklingError("x")})
-    assert "pickled objects" in _error(official.read_official, objects, "resnet50", 2, 4)
-    kit_like = tmp_path / "kit.pth"
-    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}}, kit_like)
-    assert "not an authors' checkpoint" in _error(official.read_official, kit_like, "resnet50", 2, 4)
+    assert "soft-mask range" in refusal(binary)
+    assert "pickled objects" in refusal(state, extra={"args": pickle.PicklingError("x")})
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert "truncated" in _error(official.read_official, bad, "resnet50", 2, 4)
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}}, bad)
+    assert "not an authors' checkpoint" in _error(official.read_official, bad, "resnet50", 2, 4)
 
 
 @pytest.mark.parametrize("arch", ["mobilenet_v2", "mobilenet_v3_small"])
