@@ -116,6 +116,18 @@ def provenance() -> dict[str, Any]:
             "git": git_state(), "host_sha256": host_hash(), "platform": sys.platform}
 
 
+def commit_label(config: dict[str, Any]) -> str:
+    """The kit's commit that trained a run, from its ``config.json``: ``"0526048"``,
+    ``"a0b0f7e with uncommitted changes"``, or ``"commit not recorded"`` (runs made before the
+    kit recorded it, or outside a git checkout)."""
+    prov = config.get("provenance") if isinstance(config, dict) else None
+    state = (prov.get("git") or {}) if isinstance(prov, dict) else {}
+    if not state.get("commit"):
+        return "commit not recorded"
+    changed = " with uncommitted changes" if state.get("dirty") else ""
+    return f"{str(state['commit'])[:7]}{changed}"
+
+
 def machine_label(config: dict[str, Any]) -> str:
     """A run's machine in one short phrase, from its ``config.json`` (``provenance`` when
     present, else the older ``device`` table): ``"<cpu model> [avx2 avx512f] host 3f2a9c1b,

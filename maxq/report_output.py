@@ -74,7 +74,7 @@ def runs_note(results: Results, runs_root: str | os.PathLike | None = None) -> s
     done = int(results.runs["finished"].sum())
     return (f"{len(results.runs)} runs in `{folder}`, {done} finished.\n\n"
             + corrupt_markdown(results) + machines_markdown(results.runs) + "\n"
-            + rendered_markdown())
+            + commits_markdown(results.runs) + "\n" + rendered_markdown())
 
 
 def rendered_markdown(state: dict[str, Any] | None = None) -> str:
@@ -99,11 +99,31 @@ def corrupt_markdown(results: Results) -> str:
     return (f"**{len(bad)} run(s) left out: a record is corrupt** (fix or remove the file, or "
             f"re-run with `maxq batch {results.study} --force`):\n\n{lines}\n")
 
+def _counts(runs: pd.DataFrame, column: str) -> dict[str, int]:
+    if not len(runs) or column not in runs.columns:
+        return {}
+    return {str(k): int(v) for k, v in runs[column].value_counts(sort=False).items()}
+
+
 def machines(runs: pd.DataFrame) -> dict[str, int]:
     """Machine label (see :func:`maxq.provenance.machine_label`) → number of runs made there."""
-    if not len(runs) or "machine" not in runs.columns:
-        return {}
-    return {str(k): int(v) for k, v in runs["machine"].value_counts(sort=False).items()}
+    return _counts(runs, "machine")
+
+
+def commits_markdown(runs: pd.DataFrame) -> str:
+    """Which commits of the kit trained the runs (:func:`maxq.provenance.commit_label`), with
+    how many runs each: one Markdown line, '' without runs."""
+    def shown(label: str) -> str:
+        if label == "commit not recorded":
+            return label
+        commit, _, changed = label.partition(" ")
+        return f"`{commit}` {changed}".rstrip()
+
+    found = _counts(runs, "commit")
+    if not found:
+        return ""
+    return "Trained by the kit at: " + "; ".join(
+        f"{shown(label)} ({n} run{'s' if n != 1 else ''})" for label, n in found.items()) + ".\n"
 
 
 def machines_markdown(runs: pd.DataFrame, rerun: pd.DataFrame | None = None) -> str:

@@ -38,7 +38,8 @@ SCALE_KEYS = ("set", "epochs", "batch_size", "image_size", "train_subset", "val_
 RUN_COLUMNS = ("study", "run", "row", "arch", "N", "M", "method", "method_label", "seed",
                "finished", "best_top1", "best_top5", "best_epoch", "last_top1", "last_top5",
                "epochs_done", "wall_seconds", "paper_top1", "paper_top5", "paper_epochs",
-               *SCALE_KEYS, "in_channels", "dead_weight_share", "threads", "machine", "arms", "run_dir")
+               *SCALE_KEYS, "in_channels", "dead_weight_share", "threads", "machine", "commit", "arms",
+               "run_dir")
 CORRUPT_COLUMNS = ("run", "file", "problem", "run_dir")
 
 @dataclass
@@ -152,6 +153,7 @@ def _collect(name: str | None, dirs: Sequence[Path], planned: dict, spec: Any) -
         line["in_channels"] = (rec["config"].get("data") or {}).get("in_channels", np.nan)
         line["threads"] = (rec["config"].get("device") or {}).get("threads", np.nan)
         line["machine"] = provenance.machine_label(rec["config"])
+        line["commit"] = provenance.commit_label(rec["config"])   # the code that trained it
         share = rec["config"].get("dead_weight_share")
         line["dead_weight_share"] = np.nan if share is None else share
         line["arms"] = dict(plan.arms) if plan and plan.arms else {}

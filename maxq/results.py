@@ -35,9 +35,9 @@ from maxq.official_logs import overlay_figure as official_overlay_figure  # noqa
 from maxq.replication_runs import (discovery_runs, rerun_runs, rerun_table,  # noqa: F401
                                    same_recipe)
 from maxq.report_output import (ReportRefused, check_report, committed_runs,  # noqa: F401
-                                corrupt_markdown, machines, machines_markdown, open_report,
-                                rendered_markdown, report_dir, results_name, runs_note,
-                                save_table, status_frame)
+                                commits_markdown, corrupt_markdown, machines,
+                                machines_markdown, open_report, rendered_markdown, report_dir,
+                                results_name, runs_note, save_table, status_frame)
 from maxq.result_frames import (CORRUPT_COLUMNS, RUN_COLUMNS, SCALE_KEYS, Results,  # noqa: F401
                                 load, load_masks, load_run, method_labels)
 from maxq.row_cost import PAPER_INPUT, paper_cost, proxy_gflops  # noqa: F401

@@ -89,6 +89,15 @@ def test_reports_name_the_machine_and_old_runs_still_load(run, tmp_path):
     assert f"Made on: {new_label} (1 run); {old_label} (1 run)." in note
     commit = provenance.git_state()["commit"]
     assert f"Rendered by the kit at commit `{commit[:7]}`" in note
+    # the commit that trained each run: the new run's, from its provenance; the old one has none
+    trained = prov["git"]
+    label = trained["commit"][:7] + (" with uncommitted changes" if trained["dirty"] else "")
+    assert list(res.runs["commit"]) == [label, "commit not recorded"]
+    shown = f"`{label[:7]}`{label[7:]}"
+    assert f"Trained by the kit at: {shown} (1 run); commit not recorded (1 run)." in note
+    assert provenance.commit_label({"provenance": {"git": {"commit": "a0b0f7e99", "dirty": True}}}
+                                   ) == "a0b0f7e with uncommitted changes"
+    assert results.commits_markdown(res.runs.iloc[:0]) == ""
     assert results.rendered_markdown({"commit": "0123456789ab", "dirty": True}) == (
         "Rendered by the kit at commit `0123456` with uncommitted changes to the kit.\n")
     assert "no commit known" in results.rendered_markdown({"commit": None, "dirty": None})

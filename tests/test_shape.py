@@ -72,7 +72,7 @@ def test_the_split_modules_keep_their_public_names():
             (results, replication_runs, ("discovery_runs", "same_recipe")),
             (results, report_output, ("report_dir", "save_table", "status_frame", "results_name",
                                       "runs_note", "rendered_markdown", "corrupt_markdown",
-                                      "machines",
+                                      "machines", "commits_markdown",
                                       "machines_markdown", "ReportRefused", "committed_runs",
                                       "check_report", "open_report")),
             (results, stats, ("MAXQ", "SRSTE")),
