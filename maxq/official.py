@@ -373,7 +373,7 @@ def import_official(path: str | os.PathLike, arch: str, N: int, M: int, *,
     cfg = TrainConfig(set="ImageNet", arch=arch, N=N, M=M, conv_bn_type=method,
                       epochs=result["epochs"] or TrainConfig().epochs, study="official",
                       save_dir=str(out))
-    config = _import_config(cfg, source, ckpt, model, method)
+    config = _import_config(cfg, source, ckpt, model)
     best = {"state_dict": ckpt.state, "epoch": snap_epoch, "top1": result["best_top1"],
             "top5": result["best_top5"], "arch": arch, "config": cfg.fingerprint()}
     _write_import(out, config=config, metrics=None if parsed is None else _metrics_rows(parsed),
@@ -444,8 +444,8 @@ def _import_result(meta: dict[str, Any], epochs_df) -> tuple[int, dict[str, Any]
         "world_size": None, "mask_checksums": []}
 
 
-def _import_config(cfg, source: dict[str, Any], ckpt: OfficialCheckpoint, model: nn.Module,
-                   method: str) -> dict[str, Any]:
+def _import_config(cfg, source: dict[str, Any], ckpt: OfficialCheckpoint,
+                   model: nn.Module) -> dict[str, Any]:
     """config.json of an imported run: the options, what was imported, the method, the data."""
     return {
         "args": cfg.to_dict(),
@@ -454,7 +454,7 @@ def _import_config(cfg, source: dict[str, Any], ckpt: OfficialCheckpoint, model:
                      "best_acc1": ckpt.meta.get("best_acc1"), "keys": ckpt.n_keys,
                      "note": "authors' checkpoint mapped key for key; masks are their stored "
                              "soft masks (eval uses W * mask as is)"},
-        "method": dataclasses.asdict(methods.get(method)),
+        "method": dataclasses.asdict(methods.get(cfg.conv_bn_type)),
         "data": {"set": "ImageNet", "train_size": None, "val_size": None,
                  "num_classes": int(model.state_dict()[_classifier_key(ckpt.state)].shape[0]),
                  "in_channels": 3, "image_size": 224},

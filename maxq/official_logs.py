@@ -106,8 +106,22 @@ def _stamp(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
 
 
-BATCH_COLUMNS = ("phase", "epoch", "batch", "batches", "time", "time_avg", "data", "data_avg",
-                 "loss", "loss_avg", "top1", "top1_avg", "top5", "top5_avg", "line")
+#: what a batch line reports, each as "value (running average)", in the log's order
+_PAIRED = ("time", "data", "loss", "top1", "top5")
+BATCH_COLUMNS = ("phase", "epoch", "batch", "batches",
+                 *(f"{key}{avg}" for key in _PAIRED for avg in ("", "_avg")), "line")
+
+
+def _batch_row(phase: str, epoch: int | None, batch: int, batches: int, keys: tuple[str, ...],
+               values: list[float], line: int) -> dict[str, Any]:
+    """One row of :data:`BATCH_COLUMNS`: ``values`` are the (value, average) pairs of ``keys``
+    in order; a key the line does not report (test lines have no data time) is NaN."""
+    pairs = dict(zip(keys, zip(values[::2], values[1::2])))
+    row: dict[str, Any] = {"phase": phase, "epoch": epoch, "batch": batch, "batches": batches}
+    for key in _PAIRED:
+        row[key], row[f"{key}_avg"] = pairs.get(key, (math.nan, math.nan))
+    row["line"] = line
+    return row
 
 
 class _LogReader:
@@ -181,21 +195,16 @@ class _LogReader:
         e, i, n = (int(c.group(k)) for k in (1, 2, 3))
         if self.current is None or e != self.current["epoch"] or self.current["test"] is not None:
             raise _fail(self.path, number, line, "training batch outside its epoch")
-        v = [float(c.group(k)) for k in range(4, 14)]
-        row = {"phase": "train", "epoch": e, "batch": i, "batches": n, "time": v[0],
-               "time_avg": v[1], "data": v[2], "data_avg": v[3], "loss": v[4],
-               "loss_avg": v[5], "top1": v[6], "top1_avg": v[7], "top5": v[8],
-               "top5_avg": v[9], "line": number}
+        row = _batch_row("train", e, i, n, _PAIRED, [float(c.group(k)) for k in range(4, 14)],
+                         number)
         self.batches.append(row)
         self.current["train"] = row
 
     def _test_batch(self, c: re.Match, number: int, line: str, stamp: str) -> None:
         i, n = int(c.group(1)), int(c.group(2))
-        v = [float(c.group(k)) for k in range(3, 11)]
-        row = {"phase": "test", "epoch": self.current["epoch"] if self.current else None,
-               "batch": i, "batches": n, "time": v[0], "time_avg": v[1], "data": math.nan,
-               "data_avg": math.nan, "loss": v[2], "loss_avg": v[3], "top1": v[4],
-               "top1_avg": v[5], "top5": v[6], "top5_avg": v[7], "line": number}
+        row = _batch_row("test", self.current["epoch"] if self.current else None, i, n,
+                         ("time", "loss", "top1", "top5"),
+                         [float(c.group(k)) for k in range(3, 11)], number)
         self.batches.append(row)
         self.last_test = row
         if self.current is not None:
