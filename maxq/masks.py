@@ -61,7 +61,7 @@ import torch
 
 # the block layout, counts and dense-block selection live in maxq.mask_blocks (maxq.native's C
 # path uses them too); importable from here as before
-from maxq.mask_blocks import (_apply_dense, _blocks5, _floor, _keep_high, _keep_low,  # noqa: F401
+from maxq.mask_blocks import (_apply_dense, _blocks5, _floor, _keep_high,  # noqa: F401
                               _random_blocks, _select, dense_blocks, query_k)
 
 AXES = ("soft", "hard", "none")

@@ -38,16 +38,15 @@ from torch import nn
 
 from maxq import masks as mask_math
 # the layer policy and the per-layer table live in maxq.layer_table; importable from here too
-from maxq.layer_table import (_live_taps, _pair, _unwrap, _weighted_layers,  # noqa: F401
-                              dead_weight_share, describe, format_table, input_sizes,
-                              layer_policy, weighted_dead_share)
+from maxq.layer_table import (_unwrap, dead_weight_share, describe, format_table,  # noqa: F401
+                              input_sizes, layer_policy, weighted_dead_share)
 from maxq.methods import MethodSpec, get as get_method
 from maxq.records import HIST_EDGES
 
 
 # the layer classes, their state and gradients live in maxq.sparse_layers; importable from here
-from maxq.sparse_layers import (_GRADIENTS, SparseConv2d, SparseLinear,  # noqa: F401
-                                SparseState, _HardSTE, _SoftSTE, _SparseMixin, _weight_key)
+from maxq.sparse_layers import (SparseConv2d, SparseLinear, SparseState,  # noqa: F401
+                                _SparseMixin, _weight_key)
 
 _SPARSE_CLASS = {nn.Conv2d: SparseConv2d, nn.Linear: SparseLinear}
 _STOCK_CLASS = {SparseConv2d: nn.Conv2d, SparseLinear: nn.Linear}
