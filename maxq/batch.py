@@ -21,7 +21,7 @@ Imports go one way: studies -> notebook_exec -> rowrun -> jobs -> executors -> b
 from __future__ import annotations
 
 import argparse
-import functools
+import contextlib
 import math
 import os
 import shutil
@@ -116,35 +116,27 @@ def check_batch_numbers(jobs: Any, timeout: Any) -> None:
                          f"{MAX_TIMEOUT_S:g}; got {timeout!r}")
 
 
-def _one_batch_per_study(run: Callable[..., "BatchResult"]) -> Callable[..., "BatchResult"]:
-    """Around :func:`run_batch`: hold the study's lock for the whole batch (a second batch of
-    the same study and shard is refused with the holder's pid) and handle SIGTERM and SIGHUP
-    like Ctrl-C (kernels stopped, rows marked interrupted)."""
-
-    @functools.wraps(run)
-    def wrapper(study, **kwargs):
-        if kwargs.get("dry_run"):
-            return run(study, **kwargs)
-        spec = check_input(study, **kwargs)[0]   # bad input is refused before the lock is taken
-        lock = study_lock(spec.name, kwargs.get("runs"), kwargs.get("shard"))
-        created = not lock.directory.exists()
-        try:
-            with lock:
-                restore = _stop_on_signals()
-                try:
-                    return run(study, **kwargs)
-                finally:
-                    restore()
-                    STOP.clear()
-        finally:
-            if created:
-                try:
-                    lock.directory.rmdir()   # only when the batch left nothing there
-                except OSError:
-                    pass
-
-    return wrapper
-
+@contextlib.contextmanager
+def _one_batch_per_study(spec: Study, runs: "str | os.PathLike | None", shard: str | None):
+    """Hold the study's lock for the whole batch (a second batch of the same study and shard
+    is refused with the holder's pid) and handle SIGTERM and SIGHUP like Ctrl-C (kernels
+    stopped, rows marked interrupted)."""
+    lock = study_lock(spec.name, runs, shard)
+    created = not lock.directory.exists()
+    try:
+        with lock:
+            restore = _stop_on_signals()
+            try:
+                yield
+            finally:
+                restore()
+                STOP.clear()
+    finally:
+        if created:
+            try:
+                lock.directory.rmdir()   # only when the batch left nothing there
+            except OSError:
+                pass
 
 
 def check_input(study: "str | os.PathLike | Study", *, rows: str | None = None,
@@ -168,7 +160,6 @@ def check_input(study: "str | os.PathLike | Study", *, rows: str | None = None,
     return spec, selected, cls, job_options
 
 
-@_one_batch_per_study
 def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str | None = None,
               jobs: int = 1, force: bool = False, dry_run: bool = False,
               runs: str | os.PathLike | None = None, reports: str | os.PathLike | None = None,
@@ -186,7 +177,7 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
     :class:`StudyOptionsError` for training options the config refuses (nothing is run or
     written). Every other problem is per run: recorded in ``status.csv``, printed, and the
     batch goes on."""
-    spec, selected, cls, job_options = check_input(
+    spec, selected, cls, job_options = check_input(   # bad input: refused before the lock
         study, rows=rows, shard=shard, options=options, executor=executor, slurm=slurm,
         jobs=jobs, timeout=timeout, dry_run=dry_run)
     root = runs_root(runs)
@@ -194,6 +185,17 @@ def run_batch(study: "str | os.PathLike", *, rows: str | None = None, shard: str
     if dry_run:
         _dry_run(spec, selected, root, cls.preview(spec.name, root, job_options), echo)
         return BatchResult(spec.name, selected, [], table)
+    with _one_batch_per_study(spec, runs, shard):
+        return _run_locked(spec, selected, cls, job_options, root, table, jobs=jobs,
+                           force=force, reports=reports, notebook=notebook, report=report,
+                           timeout=timeout, echo=echo, progress=progress)
+
+
+def _run_locked(spec: Study, selected: list[Row], cls, job_options, root: Path, table: Path, *,
+                jobs: int, force: bool, reports, notebook, report: bool,
+                timeout: float | None, echo: Callable[[str], None],
+                progress: bool) -> BatchResult:
+    """The batch proper, under the study's lock: queue, run, summarise, report."""
     nb_path = Path(notebook) if notebook else (
         (spec.path.parent / spec.notebook) if spec.notebook else notebook_path(ROW_NOTEBOOK))
     status = StatusTable(spec.name, root)

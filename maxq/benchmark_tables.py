@@ -5,13 +5,12 @@ published ImageNet numbers)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from maxq import records, stats, studies
+from maxq import stats, studies
 from maxq.methods import METHODS, is_dense
 from maxq.result_frames import Results
 from maxq.row_cost import paper_cost, proxy_gflops
@@ -101,13 +100,8 @@ def training_cost(results: "Results") -> pd.DataFrame:
 
 
 def _layer_rows(results: "Results", sub: pd.DataFrame) -> list[dict]:
-    run_dir = results.run_dirs.get(sub["run"].iloc[0])
-    if run_dir is None:
-        return []
-    try:
-        return records.read_json(Path(run_dir) / records.CONFIG).get("layers") or []
-    except (OSError, ValueError):
-        return []
+    """The layer table of the first run of ``sub`` (config.json's, read when it was loaded)."""
+    return results.layer_tables.get(sub["run"].iloc[0], [])
 
 
 def extra_parameters(method: str, layers: Sequence[dict], N: int, M: int) -> int:

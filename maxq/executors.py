@@ -299,10 +299,16 @@ class SlurmExecutor(SubmititExecutor):
 
     @classmethod
     def refresh(cls, line: dict[str, str], folder: Path) -> tuple[str, str]:
-        raw = line.get("job_state", "")
-        if shutil.which("sacct") is not None:
-            raw = submitit_jobs.raw_state(submitit_jobs.slurm_job(folder, line["job_id"]))
-        return job_state(raw, read_events(folder / line["job_id"])), raw
+        if shutil.which("sacct") is None:
+            raw = line.get("job_state", "")
+            return job_state(raw, read_events(folder / line["job_id"])), raw
+        return _slurm_state(submitit_jobs.slurm_job(folder, line["job_id"]), folder)
+
+
+def _slurm_state(job, folder: Path) -> tuple[str, str]:
+    """``(state, raw sacct state)`` of a SLURM job of ``folder``, asked once."""
+    raw = submitit_jobs.raw_state(job)
+    return job_state(raw, read_events(folder / str(job.job_id))), raw
 
 
 def _live_slurm_job(line: dict[str, str], folder: Path):
@@ -310,9 +316,9 @@ def _live_slurm_job(line: dict[str, str], folder: Path):
     if line.get("executor") != SlurmExecutor.name or not line.get("job_id") \
             or shutil.which("sacct") is None:
         return None
-    state, _ = SlurmExecutor.refresh(line, folder)
-    return submitit_jobs.slurm_job(folder, line["job_id"]) if state in (
-        "pending", "running", "requeued") else None
+    job = submitit_jobs.slurm_job(folder, line["job_id"])
+    state, _ = _slurm_state(job, folder)
+    return job if state in ("pending", "running", "requeued") else None
 
 
 #: the executors by name: the one place an executor is chosen

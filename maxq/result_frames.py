@@ -55,6 +55,9 @@ class Results:
     #: runs left out because a record is corrupt (:class:`maxq.records.CorruptRecord`): run,
     #: file, problem, run_dir
     corrupt: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CORRUPT_COLUMNS))
+    #: run → its layer table as config.json records it (one dict per weighted layer: layer,
+    #: kind, shape, sparse, params, params_kept), read with the run
+    layer_tables: dict[str, list[dict]] = field(default_factory=dict)
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -116,7 +119,7 @@ def load_run(run_dir: str | os.PathLike) -> Results:
 
 
 def _collect(name: str | None, dirs: Sequence[Path], planned: dict, spec: Any) -> Results:
-    runs, epochs, layers, run_dirs, corrupt = [], [], [], {}, []
+    runs, epochs, layers, run_dirs, corrupt, layer_tables = [], [], [], {}, [], {}
     labels = method_labels(spec)
     for d in dirs:
         try:
@@ -160,6 +163,7 @@ def _collect(name: str | None, dirs: Sequence[Path], planned: dict, spec: Any) -
         line["run_dir"] = paths.shown(d)   # relative inside the checkout: reports hold no machine paths
         runs.append(line)
         run_dirs[run] = d
+        layer_tables[run] = rec["config"].get("layers") or []
         keys = dict(run=run, row=row, method=method, seed=seed)
         epochs.extend({**keys, **m} for m in rec["metrics"])
         layers.extend({**keys, **l} for l in rec["layers"])
@@ -174,7 +178,7 @@ def _collect(name: str | None, dirs: Sequence[Path], planned: dict, spec: Any) -
     layers_df = pd.DataFrame(layers, columns=["run", "row", "method", "seed",
                                               *records.LAYER_KEYS])
     return Results(name, runs_df, epochs_df, layers_df, spec, run_dirs,
-                   pd.DataFrame(corrupt, columns=CORRUPT_COLUMNS))
+                   pd.DataFrame(corrupt, columns=CORRUPT_COLUMNS), layer_tables)
 
 
 def _table_row(run: str, method: Any, seed: Any) -> str:
