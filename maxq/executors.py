@@ -299,9 +299,8 @@ class SlurmExecutor(SubmititExecutor):
 
     @classmethod
     def refresh(cls, line: dict[str, str], folder: Path) -> tuple[str, str]:
-        if shutil.which("sacct") is None:
-            raw = line.get("job_state", "")
-            return job_state(raw, read_events(folder / line["job_id"])), raw
+        if shutil.which("sacct") is None:   # the recorded state, as for a local job
+            return super().refresh(line, folder)
         return _slurm_state(submitit_jobs.slurm_job(folder, line["job_id"]), folder)
 
 
